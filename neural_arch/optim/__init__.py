@@ -1,25 +1,27 @@
-"""Optimizers (stub: replaced by the optimizer work)."""
+"""Optimizers written once against the Array API: SGD, Adam, AdamW, and their schedulers.
 
+``neural_arch.optim.functional`` holds the pure update rules; the classes
+here keep parameter groups and state around them, as ``torch.optim`` does.
+"""
 
-class Optimizer:
-    pass
+import contextlib
 
+from . import functional
+from .adam import Adam, AdamW
+from .clip import clip_grad_norm_, clip_grad_value_
+from .optimizer import Optimizer
+from .sgd import SGD
 
-class SGD(Optimizer):
-    pass
+with contextlib.suppress(ImportError):  # TODO(lead): plain import once lr_scheduler lands
+    from . import lr_scheduler
 
-
-class Adam(Optimizer):
-    pass
-
-
-class AdamW(Adam):
-    pass
-
-
-def clip_grad_norm_(params, max_norm, norm_type=2.0):
-    raise NotImplementedError
-
-
-def clip_grad_value_(params, clip_value):
-    raise NotImplementedError
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "functional",
+    "lr_scheduler",
+]

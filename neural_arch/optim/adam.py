@@ -1,0 +1,179 @@
+"""Adam and AdamW, as ``torch.optim.Adam`` and ``torch.optim.AdamW``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import functional as F
+from .optimizer import Optimizer, StateView, _check_number
+
+__all__ = ["Adam", "AdamW"]
+
+
+def _resolve_betas(betas: Any, beta1: float | None, beta2: float | None) -> tuple[float, float]:
+    """``betas`` (PyTorch's spelling) reconciled with ``beta1``/``beta2`` (the seed's)."""
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    for name, given, current in (("beta1", beta1, b1), ("beta2", beta2, b2)):
+        if given is not None and betas != (0.9, 0.999) and given != current:
+            raise ValueError(
+                f"{name}={given!r} disagrees with betas={tuple(betas)!r}; give one spelling"
+            )
+    return (b1 if beta1 is None else beta1, b2 if beta2 is None else beta2)
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba, 2015), with optional AMSGrad (Reddi et al., 2018).
+
+    With ``g`` the gradient (negated when ``maximize``) and ``t`` the
+    parameter's step count after this step::
+
+        g = g + weight_decay * p                      if weight_decay (L2, coupled)
+        m = beta1 * m + (1 - beta1) * g               (computed as a lerp, as PyTorch)
+        v = beta2 * v + (1 - beta2) * g**2
+        v_max = max(v_max, v)                          if amsgrad; used in place of v
+        p = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    ``eps`` is added after the bias-corrected square root (PyTorch's and the
+    paper's algorithm; Optax's ``eps_root`` and Keras's ``epsilon`` sit
+    elsewhere).  State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq``
+    and, with amsgrad, ``max_exp_avg_sq``; :attr:`m` and :attr:`v` are
+    read-only views of the moments by parameter name.
+
+    Args:
+        params: parameters, a dict name → parameter, or a list of group dicts.
+        lr: learning rate (default 1e-3).
+        betas: the moments' decay rates (default (0.9, 0.999)); ``beta1`` and
+            ``beta2`` are accepted as keywords too (giving both spellings
+            with different values is a ValueError).
+        eps: added to the denominator (default 1e-8).
+        weight_decay: L2 penalty added to the gradient (default 0).  For
+            decoupled decay use :class:`AdamW`.
+        amsgrad: use the maximum of past second moments.
+        maximize: maximize the objective instead of minimizing it.
+        nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+    """
+
+    _decoupled = False
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        *,
+        beta1: float | None = None,
+        beta2: float | None = None,
+        nonfinite: str = "raise",
+    ):
+        defaults = {
+            "lr": lr,
+            "betas": _resolve_betas(betas, beta1, beta2),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+        }
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+    @property
+    def m(self) -> StateView:
+        """First-moment estimates by parameter name (read-only view of ``state``)."""
+        return StateView(self, "exp_avg")
+
+    @property
+    def v(self) -> StateView:
+        """Second-moment estimates by parameter name (read-only view of ``state``)."""
+        return StateView(self, "exp_avg_sq")
+
+    def add_param_group(self, param_group: Any) -> None:
+        """As :meth:`Optimizer.add_param_group`; a group may spell betas as beta1/beta2."""
+        if isinstance(param_group, dict) and ("beta1" in param_group or "beta2" in param_group):
+            group = dict(param_group)
+            beta1, beta2 = group.pop("beta1", None), group.pop("beta2", None)
+            if "betas" in group:
+                group["betas"] = _resolve_betas(group["betas"], beta1, beta2)
+            else:
+                d1, d2 = self.defaults["betas"]
+                group["betas"] = (d1 if beta1 is None else beta1, d2 if beta2 is None else beta2)
+            param_group = group
+        super().add_param_group(param_group)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        group["betas"] = tuple(betas)
+        _check_number("beta1 (betas[0])", betas[0], high=1.0)
+        _check_number("beta2 (betas[1])", betas[1], high=1.0)
+        _check_number("eps", group["eps"])
+        _check_number("weight_decay", group["weight_decay"])
+
+    def _update_group(self, group: dict[str, Any], pairs: list[tuple[Any, Any]]) -> None:
+        beta1, beta2 = group["betas"]
+        hyper = {
+            "lr": group["lr"],
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "amsgrad": group["amsgrad"],
+            "maximize": group["maximize"],
+            "decoupled_weight_decay": self._decoupled,
+        }
+        for p, g in pairs:
+            state = self.state.get(p)
+            if state is None:
+                state = F.adam_init(p.data, amsgrad=group["amsgrad"])
+            elif group["amsgrad"] and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = F.adam_init(p.data, amsgrad=True)["max_exp_avg_sq"]
+            p.data, self.state[p] = F.adam_step(p.data, g, state, **hyper, inplace=True)
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+    AdamW is Adam with one switch: instead of adding ``weight_decay * p`` to
+    the gradient, every step first shrinks the parameter::
+
+        p = p * (1 - lr * weight_decay)
+
+    with the group's current ``lr``, then applies Adam's update.  Default
+    ``weight_decay`` 0.01 (PyTorch's).  All other arguments as :class:`Adam`.
+    """
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        *,
+        beta1: float | None = None,
+        beta2: float | None = None,
+        nonfinite: str = "raise",
+    ):
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            beta1=beta1,
+            beta2=beta2,
+            nonfinite=nonfinite,
+        )
