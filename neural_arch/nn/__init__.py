@@ -1,8 +1,17 @@
-"""Modules (stub: replaced by the foundation work)."""
+"""Modules: ``Module``, ``Linear``, ``Sequential``, activations and ``Dropout``."""
 
+from .layers import Dropout, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh
+from .module import IncompatibleKeys, Module, StateDictKeyError
 
-class Module:
-    pass
-
-
-Dropout = Linear = ReLU = Sequential = Sigmoid = Softmax = Tanh = Module
+__all__ = [
+    "Dropout",
+    "IncompatibleKeys",
+    "Linear",
+    "Module",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Softmax",
+    "StateDictKeyError",
+    "Tanh",
+]
