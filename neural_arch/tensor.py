@@ -483,19 +483,21 @@ def _topological_order(root: Tensor) -> list[Tensor]:
     if root._freed:
         raise _freed_error()
     order: list[Tensor] = []
-    visited = {id(root)}
+    visited: set[int] = set()
     stack: list[tuple[Tensor, bool]] = [(root, False)]
     while stack:
-        node, expanded = stack.pop()
-        if expanded:
+        node, finished = stack.pop()
+        if finished:  # all of node's inputs are in order already
             order.append(node)
             continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
         stack.append((node, True))
         for inp in node._inputs:
             if isinstance(inp, Tensor) and inp.requires_grad and id(inp) not in visited:
                 if inp._freed:
                     raise _freed_error()
-                visited.add(id(inp))
                 stack.append((inp, False))
     return order
 
