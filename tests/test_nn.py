@@ -361,6 +361,16 @@ def test_to_by_name_and_back(other_xp):
         np.testing.assert_array_equal(p.data, r)
 
 
+def test_to_accepts_plain_library_modules(torch):
+    model = na.Linear(3, 2)
+    model.to(torch, dtype=torch.float64)
+    assert isinstance(model.weight.data, torch.Tensor)
+    assert model.weight.data.dtype == torch.float64
+    model.to(np)
+    assert isinstance(model.weight.data, np.ndarray) and model.weight.data.dtype == np.float64
+    assert tuple(model(np.ones(3)).data.shape) == (2,)  # a single sample
+
+
 def test_to_changes_dtype_and_moves_gradients(xp):
     model = mlp()
     first = model.parameters()[0]
