@@ -322,7 +322,11 @@ def getitem(x: Any, key: Any) -> Tensor:
     items = key if isinstance(key, tuple) else (key,)
     items = tuple(_index_item(xp, k, x) for k in items)
     has_array = any(array_api_compat.is_array_api_obj(k) for k in items)
-    key = items if isinstance(key, tuple) else items[0]
+    if not has_array and not any(k is Ellipsis for k in items):
+        # t[1] on a matrix: NumPy's implicit trailing "..." (the standard asks for it).
+        key = (*items, Ellipsis)
+    else:
+        key = items if isinstance(key, tuple) else items[0]
     out = x.data[key]
     return Tensor._from_op(out, (x,), lambda g: (_scatter_add(g, x.shape, key, has_array),))
 
