@@ -7,7 +7,9 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -541,3 +543,27 @@ def test_plateau_scheduler_state_with_infinities_round_trips(tmp_path):
     path = tmp_path / "ck.safetensors"
     na.save(sched.state_dict(), path)
     assert_same(na.load(path), sched.state_dict())
+
+
+# --------------------------------------------------------------------------- documentation
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "checkpoints.md"
+
+
+def _blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+
+
+def test_doc_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for code in _blocks("python"):
+        exec(compile(code, str(DOC), "exec"), {})
+
+
+def test_doc_structure_example_is_what_save_writes(tmp_path):
+    (documented,) = _blocks("json")
+    path = tmp_path / "ck.safetensors"
+    na.save({"state": {0: {"step": 3, "exp_avg": np.zeros(2)}}, "betas": (0.9, 0.999)}, path)
+    with safetensors.safe_open(str(path), framework="numpy") as f:
+        written = json.loads(f.metadata()["structure"])
+    assert written == json.loads(documented)
