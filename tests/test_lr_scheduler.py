@@ -694,3 +694,11 @@ def test_docs_examples_run():
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), namespace)
+
+
+def test_lr_written_to_the_groups_is_a_python_float():
+    opt = na_optimizer()
+    sched = lrs.LambdaLR(opt, lambda t: np.float32(0.5) ** t)  # a NumPy scalar factor
+    run(opt, sched, n=3)
+    assert all(type(g["lr"]) is float for g in opt.param_groups)
+    assert all(type(lr) is float for lr in sched.get_last_lr())
