@@ -485,3 +485,15 @@ def test_load_state_dict_shape_mismatch_names_parameter_and_shapes(xp):
 def test_load_state_dict_rejects_non_mappings():
     with pytest.raises(TypeError, match="mapping"):
         mlp().load_state_dict([("0.weight", np.zeros((16, 5)))])
+
+
+def test_module_save_load_shortcuts_round_trip_across_backends(xp, tmp_path):
+    src = na.Sequential(na.Linear(3, 4), na.Tanh(), na.Linear(4, 2))
+    path = tmp_path / "model.safetensors"
+    src.save(path)
+    dst = na.Sequential(na.Linear(3, 4), na.Tanh(), na.Linear(4, 2)).to(xp)
+    result = dst.load(path)
+    assert list(result.missing_keys) == [] and list(result.unexpected_keys) == []
+    for (name, a), (_, b) in zip(src.named_parameters(), dst.named_parameters(), strict=True):
+        assert backend.namespace(b.data) is xp, name
+        np.testing.assert_array_equal(backend.to_numpy(b.data), backend.to_numpy(a.data))

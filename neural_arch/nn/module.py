@@ -334,6 +334,18 @@ class Module:
                 p.data = new
         return IncompatibleKeys(missing, unexpected)
 
+    def save(self, path: Any) -> None:
+        """Write :meth:`state_dict` to ``path`` with :func:`neural_arch.save` (safetensors)."""
+        from ..checkpoint import save
+
+        save(self.state_dict(), path)
+
+    def load(self, path: Any, strict: bool = True) -> IncompatibleKeys:
+        """Load parameters written by :meth:`save` (onto their current backend and device)."""
+        from ..checkpoint import load
+
+        return self.load_state_dict(load(path), strict=strict)
+
     # -- printing -------------------------------------------------------------
 
     def extra_repr(self) -> str:
