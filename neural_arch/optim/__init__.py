@@ -4,16 +4,11 @@
 here keep parameter groups and state around them, as ``torch.optim`` does.
 """
 
-import contextlib
-
-from . import functional
+from . import functional, lr_scheduler
 from .adam import Adam, AdamW
 from .clip import clip_grad_norm_, clip_grad_value_
 from .optimizer import Optimizer
 from .sgd import SGD
-
-with contextlib.suppress(ImportError):  # TODO(lead): plain import once lr_scheduler lands
-    from . import lr_scheduler
 
 __all__ = [
     "SGD",
