@@ -29,6 +29,7 @@ from .tensor import Tensor, _ns
 __all__ = [
     "add",
     "binary_cross_entropy_with_logits",
+    "compare",
     "concat",
     "cross_entropy_loss",
     "div",
@@ -204,6 +205,20 @@ def pow(a: Any, b: Any) -> Tensor:
         return ga, gb
 
     return Tensor._from_op(out, (a, b), vjp)
+
+
+def compare(a: Any, b: Any, op: str) -> Tensor:
+    """``a < b`` (op "<", "<=", ">", ">="): a boolean Tensor, not differentiable."""
+    a, b, x, y = _binary(a, b)
+    if op == "<":
+        return Tensor(x < y)
+    if op == "<=":
+        return Tensor(x <= y)
+    if op == ">":
+        return Tensor(x > y)
+    if op == ">=":
+        return Tensor(x >= y)
+    raise ValueError(f"op must be one of '<', '<=', '>', '>=', got {op!r}")
 
 
 def neg(a: Any) -> Tensor:

@@ -415,6 +415,20 @@ class Tensor:
     def __pos__(self) -> Tensor:
         return self
 
+    # Comparisons give boolean Tensors outside the graph (masks for na.where).
+    # == and != stay identity comparisons so Tensors remain hashable dict keys.
+    def __lt__(self, other: Any) -> Tensor:
+        return F.compare(self, other, "<")
+
+    def __le__(self, other: Any) -> Tensor:
+        return F.compare(self, other, "<=")
+
+    def __gt__(self, other: Any) -> Tensor:
+        return F.compare(self, other, ">")
+
+    def __ge__(self, other: Any) -> Tensor:
+        return F.compare(self, other, ">=")
+
     def __getitem__(self, key: Any) -> Tensor:
         return F.getitem(self, key)
 

@@ -350,3 +350,17 @@ def test_shape_errors(xp):
         t.transpose(0, 0)
     with pytest.raises(TypeError, match="shape"):
         t.reshape(2.0, 3)
+
+
+def test_comparisons_give_boolean_masks(xp):
+    t = na.Parameter(arr(xp, [-1.0, 0.0, 2.0]))
+    mask = t > 0.0
+    assert not mask.requires_grad
+    assert backend.dtype_name(mask.dtype) == "bool"
+    np.testing.assert_array_equal(to_np(mask.data), [False, False, True])
+    np.testing.assert_array_equal(to_np((0.0 >= t).data), [True, True, False])  # noqa: SIM300
+    np.testing.assert_array_equal(to_np((t <= t * 2.0).data), [False, True, True])
+    np.testing.assert_array_equal(to_np((t < arr(xp, [0.0, 0.0, 0.0])).data), [True, False, False])
+    na.where(mask, t, t * 0.1).sum().backward()
+    assert_close(t.grad, arr(xp, [0.1, 0.1, 1.0]))
+    assert t in {t: 1}  # == stays identity: Tensors are hashable
