@@ -65,14 +65,18 @@ def is_grad_enabled() -> bool:
 class _GradMode(contextlib.ContextDecorator):
     _mode = True
 
+    def __init__(self) -> None:
+        # A stack, not one slot: a decorated function may call itself recursively.
+        self._saved: list[bool] = []
+
     def __enter__(self) -> None:
         global _grad_enabled
-        self._prev = _grad_enabled
+        self._saved.append(_grad_enabled)
         _grad_enabled = self._mode
 
     def __exit__(self, *exc: object) -> None:
         global _grad_enabled
-        _grad_enabled = self._prev
+        _grad_enabled = self._saved.pop()
 
 
 class no_grad(_GradMode):

@@ -364,3 +364,13 @@ def test_comparisons_give_boolean_masks(xp):
     na.where(mask, t, t * 0.1).sum().backward()
     assert_close(t.grad, arr(xp, [0.1, 0.1, 1.0]))
     assert t in {t: 1}  # == stays identity: Tensors are hashable
+
+
+def test_no_grad_decorator_is_reentrant():
+    @na.no_grad()
+    def countdown(n):
+        assert not na.is_grad_enabled()
+        return n if n == 0 else countdown(n - 1)
+
+    countdown(3)
+    assert na.is_grad_enabled()
