@@ -32,6 +32,7 @@ __all__ = [
     "backend_name",
     "device",
     "dtype_name",
+    "float_errors_ignored",
     "get_default_backend",
     "get_default_dtype",
     "manual_seed",
@@ -118,9 +119,7 @@ def resolve_backend(backend: str | ModuleType) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(
-            f"backend {backend!r} is not installed; install {requirement}"
-        ) from exc
+        raise ImportError(f"backend {backend!r} is not installed; install {requirement}") from exc
 
 
 _default_backend: ModuleType | None = None
@@ -234,6 +233,16 @@ def to_backend(
     if target_dtype is not None and out.dtype != target_dtype:
         out = xp.astype(out, target_dtype)
     return out
+
+
+def float_errors_ignored() -> Any:
+    """A context in which NumPy does not warn about overflow, 0/0 or inf - inf.
+
+    For computations that handle non-finite values themselves (the
+    optimizers' finiteness check, an update whose NaN the user asked to
+    propagate); other libraries do not warn in the first place.
+    """
+    return np.errstate(all="ignore")
 
 
 _rng = np.random.default_rng()

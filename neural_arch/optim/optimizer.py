@@ -17,7 +17,7 @@ from typing import Any
 
 import array_api_compat
 
-from ..backend import backend_name, device, namespace, to_backend
+from ..backend import backend_name, device, float_errors_ignored, namespace, to_backend
 
 __all__ = ["Optimizer"]
 
@@ -300,19 +300,20 @@ class Optimizer:
                     )
             if pairs:
                 work.append((group, pairs))
-        if self.nonfinite != "ignore":
-            bad = self._first_nonfinite(work)
-            if bad is not None:
-                if self.nonfinite == "skip":
-                    self.skipped_steps += 1
-                    return loss
-                raise FloatingPointError(
-                    f"gradient of parameter {bad!r} contains NaN or infinity; no parameter "
-                    "or optimizer state was changed (pass nonfinite='skip' to skip such "
-                    "steps, or clip/scale the loss)"
-                )
-        for group, pairs in work:
-            self._update_group(group, pairs)
+        with float_errors_ignored():  # non-finite values are handled here, not warned about
+            if self.nonfinite != "ignore":
+                bad = self._first_nonfinite(work)
+                if bad is not None:
+                    if self.nonfinite == "skip":
+                        self.skipped_steps += 1
+                        return loss
+                    raise FloatingPointError(
+                        f"gradient of parameter {bad!r} contains NaN or infinity; no parameter "
+                        "or optimizer state was changed (pass nonfinite='skip' to skip such "
+                        "steps, or clip/scale the loss)"
+                    )
+            for group, pairs in work:
+                self._update_group(group, pairs)
         self.step_count += 1
         return loss
 
