@@ -186,8 +186,8 @@ def to_numpy(x: Any) -> np.ndarray:
 
     May share memory with ``x`` when ``x`` already is on the CPU.
     """
-    if isinstance(x, np.ndarray):
-        return x
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x)
     if array_api_compat.is_cupy_array(x):
         return x.get()
     if array_api_compat.is_torch_array(x):

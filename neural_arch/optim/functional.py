@@ -61,14 +61,18 @@ def _assign(dst: Array, value: Array) -> Array:
     return value
 
 
-def _own_state(xp, state: dict[str, Any], inplace: bool) -> dict[str, Any]:
-    """``state`` itself when updating in place, else a copy whose arrays may be mutated."""
+def _own(xp, param: Array, state: dict[str, Any], inplace: bool) -> tuple[Array, dict]:
+    """The arrays the update may mutate: the given ones in place, else private copies.
+
+    Immutable arrays (JAX) are never copied: in-place operators rebind them.
+    """
     if inplace:
-        return state
-    return {
+        return param, state
+    copied = {
         k: _copy(xp, a) if k != "step" and a is not None and _writable(a) else a
         for k, a in state.items()
     }
+    return (_copy(xp, param) if _writable(param) else param), copied
 
 
 def _lerp_(xp, start: Array, end: Array, weight: float) -> Array:
@@ -123,11 +127,10 @@ def sgd_step(
     differently).  ``state`` is ``{"momentum_buffer": array or None}``.
     """
     xp = namespace(param)
-    inplace = inplace and _writable(param)
+    param, new_state = _own(xp, param, state, inplace)
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
-    new_state = _own_state(xp, state, inplace)
     if momentum != 0:
         buf = new_state.get("momentum_buffer")
         if buf is None:
@@ -137,10 +140,7 @@ def sgd_step(
             buf += (1.0 - dampening) * g
         new_state["momentum_buffer"] = buf
         g = g + momentum * buf if nesterov else buf
-    if inplace:
-        param += -lr * g
-    else:
-        param = param + -lr * g
+    param += -lr * g  # in place, or a rebinding on immutable arrays
     return param, new_state
 
 
@@ -193,17 +193,13 @@ def adam_step(
     place differently).  ``state`` is the dict made by :func:`adam_init`.
     """
     xp = namespace(param)
-    inplace = inplace and _writable(param)
-    state = _own_state(xp, state, inplace)
+    param, state = _own(xp, param, state, inplace)
     m, v = state["exp_avg"], state["exp_avg_sq"]
     step = state["step"] + 1
     g = -grad if maximize else grad
     if weight_decay != 0:
         if decoupled_weight_decay:
-            if inplace:
-                param *= 1.0 - lr * weight_decay
-            else:
-                param = param * (1.0 - lr * weight_decay)
+            param *= 1.0 - lr * weight_decay
         else:
             g = g + weight_decay * param
     m = _lerp_(xp, m, g, 1.0 - beta1)
@@ -224,8 +220,5 @@ def adam_step(
     denom += eps
     update = m * (-lr / bias_correction1)
     update /= denom
-    if inplace:
-        param += update
-    else:
-        param = param + update
+    param += update
     return param, new_state
