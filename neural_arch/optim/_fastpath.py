@@ -1,0 +1,327 @@
+"""Fast paths: the same update rules, fused into one compiled pass per parameter.
+
+The generic rules in :mod:`.functional` are the reference.  When a group's
+arrays qualify, the optimizers hand the group to this module instead, which
+runs the same arithmetic in the same order in one memory pass per parameter:
+
+* NumPy arrays and numba installed (``pip install neural_arch[fast]``):
+  the kernels of :mod:`._numba`;
+* CuPy arrays (CuPy installed, a CUDA device): the kernels of :mod:`._cupy`.
+
+Each entry point returns False when it does not take the group (numba or
+CuPy missing, the group's first parameter not a float32/float64 array of that
+library); the caller then runs the generic rule.  Within a group it takes,
+a parameter whose arrays do not qualify (another dtype or library, a gradient
+of another dtype, a non-contiguous or read-only array) goes through the
+generic rule, one parameter at a time: parameters are independent and both
+paths give the same bits, so the choice is silent and only the speed differs.
+
+The state records are the generic path's (same keys, ``step`` an int, arrays
+of the parameter's shape and dtype), so a checkpoint, ``opt.m``/``opt.v``
+and a switch between the paths mid-training all see one layout.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+# The fast paths exist for specific array libraries, so this module, unlike
+# the generic rules, names NumPy itself.
+import numpy as np
+
+from . import functional as F
+
+__all__ = [
+    "adam_group",
+    "enabled",
+    "first_nonfinite",
+    "set_enabled",
+    "set_num_threads",
+    "sgd_group",
+]
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_ndarray = np.ndarray
+
+#: Below this many elements a parameter is updated by one thread even when
+#: more are allowed: waking threads costs more than the work.
+PARALLEL_MIN_SIZE = 1 << 17
+
+_enabled = os.environ.get("NEURAL_ARCH_FASTPATH", "1") not in ("0", "false", "off", "")
+_num_threads = 1
+_parallel_lock = threading.Lock()  # numba's default threading layer is not re-entrant
+_numba: Any = None  # the kernels module once imported, False when unavailable
+
+
+def enabled() -> bool:
+    """Whether the fast paths are used where the arrays qualify."""
+    return _enabled
+
+
+def set_enabled(flag: bool) -> bool:
+    """Turn the fast paths on or off (e.g. to time the generic path); returns the old value.
+
+    The environment variable ``NEURAL_ARCH_FASTPATH=0`` turns them off at import.
+    """
+    global _enabled
+    old, _enabled = _enabled, bool(flag)
+    return old
+
+
+def set_num_threads(n: int) -> int:
+    """Let the NumPy fast path split large parameters over ``n`` threads; returns the old value.
+
+    The default is 1.  Results do not depend on ``n`` (the update is
+    elementwise); only parameters of at least :data:`PARALLEL_MIN_SIZE`
+    elements are split, and ``n`` is capped by numba's thread count.
+    """
+    global _num_threads
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    old, _num_threads = _num_threads, n
+    return old
+
+
+def _kernels() -> Any:
+    """The numba kernels, imported (and their cache loaded) on first use; False if unavailable."""
+    global _numba
+    if _numba is None:
+        try:
+            from . import _numba as kernels
+        except Exception:  # numba missing, or broken in this environment: use the generic path
+            kernels = False
+        _numba = kernels
+    return _numba
+
+
+def _float_dtype(x: Any) -> Any:
+    """The dtype of ``x`` if it is a NumPy float32/float64 array, else None."""
+    if type(x) is not _ndarray:
+        return None
+    dt = x.dtype
+    return dt if dt is _F32 or dt is _F64 or dt in (_F32, _F64) else None
+
+
+def _fits(a: Any, dt: Any, shape: tuple) -> bool:
+    """``a`` is a writable C-contiguous NumPy array of dtype ``dt`` and ``shape``."""
+    if type(a) is not _ndarray or not (a.dtype is dt or a.dtype == dt) or a.shape != shape:
+        return False
+    flags = a.flags
+    return flags.c_contiguous and flags.writeable
+
+
+def _fits_pair(x: Any, g: Any) -> Any:
+    """The dtype of parameter ``x`` if ``x`` and its gradient ``g`` can go through a kernel."""
+    if type(x) is not _ndarray or type(g) is not _ndarray or g is x:
+        return None
+    dt = x.dtype
+    if not (dt is _F32 or dt is _F64 or dt in (_F32, _F64)):
+        return None
+    if not (g.dtype is dt or g.dtype == dt) or g.shape != x.shape:
+        return None
+    xflags = x.flags
+    if not (xflags.c_contiguous and xflags.writeable and g.flags.c_contiguous):
+        return None
+    return dt
+
+
+def _pick(kernels: Any, name: str) -> tuple[Any, Any]:
+    """(serial kernel, threaded kernel or None) for kernel ``name``."""
+    return getattr(kernels, name), getattr(kernels, name + "_par") if _num_threads > 1 else None
+
+
+def _run_parallel(kernel: Any, args: tuple) -> None:
+    import numba
+
+    with _parallel_lock:
+        numba.set_num_threads(min(_num_threads, numba.config.NUMBA_NUM_THREADS))
+        kernel(*args)
+
+
+# ----------------------------------------------------------------- nonfinite
+
+
+def first_nonfinite(pairs: list[tuple[Any, Any]]) -> int | None:
+    """Index of the first pair whose gradient holds NaN or ±inf, -1 if none, None if not handled.
+
+    One read of every gradient, one compiled call per gradient, and no float
+    reduction (the exponent bits are compared as integers).  Handled when
+    every gradient is a C-contiguous NumPy float32/float64 array.
+    """
+    if not _enabled or not pairs or _float_dtype(pairs[0][1]) is None:
+        return None
+    kernels = _kernels()
+    if not kernels:
+        return None
+    checks = kernels.HAS_NONFINITE
+    calls = []
+    for _, g in pairs:
+        check = checks.get(g.dtype) if type(g) is _ndarray else None
+        if check is None or not g.flags.c_contiguous:
+            return None
+        calls.append(check)
+    for i, ((kernel, mask), (_, g)) in enumerate(zip(calls, pairs, strict=True)):
+        if kernel(g, mask):
+            return i
+    return -1
+
+
+# ---------------------------------------------------------------------- Adam
+
+
+def adam_group(
+    state: Any, pairs: list[tuple[Any, Any]], hyper: dict[str, Any], *, decoupled: bool
+) -> bool:
+    """Apply :func:`.functional.adam_step` to every pair; False if the group is not handled.
+
+    ``state`` is the optimizer's parameter → record mapping (a missing record
+    is created by :func:`.functional.adam_init`, as the generic loop does);
+    ``hyper`` is the parameter group (``lr``, ``betas``, ``eps``,
+    ``weight_decay``, ``amsgrad``, ``maximize``).  Handled when numba is
+    available and the first parameter is a NumPy float array; then every
+    parameter whose arrays qualify goes through the kernel and any other one
+    through the generic rule (same result, each parameter is independent).
+    """
+    if not _enabled or not pairs or _float_dtype(pairs[0][0].data) is None:
+        return False
+    kernels = _kernels()
+    if not kernels:
+        return False
+    serial, threaded = _pick(kernels, "adam_kernel")
+    lr, (beta1, beta2), eps, wd = hyper["lr"], hyper["betas"], hyper["eps"], hyper["weight_decay"]
+    amsgrad = bool(hyper["amsgrad"])
+    w = 1.0 - beta1
+    by_dtype: dict[Any, tuple] = {}
+    by_step: dict[tuple, tuple] = {}
+    for p, g in pairs:
+        x = p.data
+        dt = _fits_pair(x, g)
+        record = state.get(p)
+        if record is None:
+            record = F.adam_init(x, amsgrad=amsgrad)
+            state[p] = record
+        elif amsgrad and record.get("max_exp_avg_sq") is None:
+            record["max_exp_avg_sq"] = F.adam_init(x, amsgrad=True)["max_exp_avg_sq"]
+        m, v = record.get("exp_avg"), record.get("exp_avg_sq")
+        vmax = record.get("max_exp_avg_sq") if amsgrad else None
+        shape = x.shape
+        if (
+            dt is None
+            or not (_fits(m, dt, shape) and _fits(v, dt, shape))
+            or (amsgrad and not _fits(vmax, dt, shape))
+        ):
+            _adam_generic(state, [(p, g)], hyper, decoupled)
+            continue
+        options = by_dtype.get(dt)
+        if options is None:
+            # None switches an option off (see _numba); values are rounded to the dtype,
+            # as NumPy rounds a Python float that meets an array
+            cast = dt.type
+            options = (
+                True if hyper["maximize"] else None,
+                cast(1.0 - lr * wd) if wd != 0 and decoupled else None,
+                cast(wd) if wd != 0 and not decoupled else None,
+                cast(w) if abs(w) < 0.5 else None,
+                None if abs(w) < 0.5 else cast(1.0 - w),
+                cast(beta2),
+                cast(1.0 - beta2),
+            )
+            by_dtype[dt] = options
+        step = record["step"] + 1
+        scalars = by_step.get((dt, step))
+        if scalars is None:
+            cast = dt.type
+            bias_correction1 = 1.0 - beta1**step
+            bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
+            scalars = (cast(bias_correction2_sqrt), cast(eps), cast(-lr / bias_correction1))
+            by_step[dt, step] = scalars
+        args = (x, g, m, v, vmax, *options, *scalars)
+        try:
+            if threaded is not None and x.size >= PARALLEL_MIN_SIZE:
+                _run_parallel(threaded, args)
+            else:
+                serial(*args)
+        except Exception:  # no kernel for these types (compiling failed): the generic rule
+            _adam_generic(state, [(p, g)], hyper, decoupled)
+            continue
+        record["step"] = step
+    return True
+
+
+def _adam_generic(state: Any, pairs: list, hyper: dict[str, Any], decoupled: bool) -> None:
+    """Adam._update_group's generic loop, for parameters the kernels do not take."""
+    beta1, beta2 = hyper["betas"]
+    options = {
+        "lr": hyper["lr"],
+        "beta1": beta1,
+        "beta2": beta2,
+        "eps": hyper["eps"],
+        "weight_decay": hyper["weight_decay"],
+        "amsgrad": hyper["amsgrad"],
+        "maximize": hyper["maximize"],
+        "decoupled_weight_decay": decoupled,
+    }
+    for p, g in pairs:
+        p.data, state[p] = F.adam_step(p.data, g, state[p], **options, inplace=True)
+
+
+# ----------------------------------------------------------------------- SGD
+
+
+def sgd_group(state: Any, pairs: list[tuple[Any, Any]], hyper: dict[str, Any]) -> bool:
+    """Apply :func:`.functional.sgd_step` to every pair; False if the group is not handled.
+
+    As :func:`adam_group`; ``hyper`` holds ``lr``, ``momentum``, ``dampening``,
+    ``weight_decay``, ``nesterov``, ``maximize``.
+    """
+    if not _enabled or not pairs or _float_dtype(pairs[0][0].data) is None:
+        return False
+    kernels = _kernels()
+    if not kernels:
+        return False
+    serial, threaded = _pick(kernels, "sgd_kernel")
+    momentum, wd = hyper["momentum"], hyper["weight_decay"]
+    by_dtype: dict[Any, tuple] = {}
+    for p, g in pairs:
+        x = p.data
+        dt = _fits_pair(x, g)
+        record = state.get(p)
+        if record is None:
+            record = F.sgd_init(x)
+            state[p] = record
+        buf = record.get("momentum_buffer") if momentum != 0 else None
+        first = momentum != 0 and buf is None
+        if dt is None or not (buf is None or _fits(buf, dt, x.shape)):
+            _sgd_generic(state, [(p, g)], hyper)
+            continue
+        options = by_dtype.get(dt)
+        if options is None:
+            cast = dt.type
+            negate, l2 = (True if hyper["maximize"] else None), (cast(wd) if wd != 0 else None)
+            one_damp = cast(1.0 - hyper["dampening"])
+            tail = (True if hyper["nesterov"] else None, cast(momentum), cast(-hyper["lr"]))
+            options = by_dtype[dt] = ((negate, l2, one_damp, *tail), (negate, l2, None, *tail))
+        if first:
+            buf = np.empty_like(x)
+        args = (x, g, buf, *options[first])
+        try:
+            if threaded is not None and x.size >= PARALLEL_MIN_SIZE:
+                _run_parallel(threaded, args)
+            else:
+                serial(*args)
+        except Exception:  # no kernel for these types (compiling failed): the generic rule
+            _sgd_generic(state, [(p, g)], hyper)
+            continue
+        if first:
+            record["momentum_buffer"] = buf
+    return True
+
+
+def _sgd_generic(state: Any, pairs: list, hyper: dict[str, Any]) -> None:
+    """SGD._update_group's generic loop, for parameters the kernels do not take."""
+    keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    options = {k: hyper[k] for k in keys}
+    for p, g in pairs:
+        p.data, state[p] = F.sgd_step(p.data, g, state[p], **options, inplace=True)
