@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _fastpath
 from . import functional as F
 from .optimizer import Optimizer, StateView, _check_number
 
@@ -117,6 +118,8 @@ class Adam(Optimizer):
         _check_number("weight_decay", group["weight_decay"])
 
     def _update_group(self, group: dict[str, Any], pairs: list[tuple[Any, Any]]) -> None:
+        if _fastpath.adam_group(self.state, pairs, group, decoupled=self._decoupled):
+            return  # the same rule, fused (NumPy + numba, CuPy)
         beta1, beta2 = group["betas"]
         hyper = {
             "lr": group["lr"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _fastpath
 from . import functional as F
 from .optimizer import Optimizer, _check_number
 
@@ -69,6 +70,8 @@ class SGD(Optimizer):
             )
 
     def _update_group(self, group: dict[str, Any], pairs: list[tuple[Any, Any]]) -> None:
+        if _fastpath.sgd_group(self.state, pairs, group):
+            return  # the same rule, fused (NumPy + numba, CuPy)
         hyper = {
             k: group[k]
             for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
