@@ -779,6 +779,8 @@ def test_load_state_dict_errors_leave_optimizer_unchanged(xp, corrupt, match):
         (lambda ps: Adam(ps, beta2=1.0), "beta2"),
         (lambda ps: Adam(ps, betas=(0.5, 0.6), beta1=0.7), "beta1"),
         (lambda ps: Adam(ps, betas=(0.5, 0.6), beta2=0.7), "beta2"),
+        (lambda ps: Adam(ps, betas=(0.9, 0.999), beta1=0.5), "beta1"),
+        (lambda ps: AdamW(ps, betas=(0.9, 0.999), beta2=0.9), "beta2"),
         (lambda ps: Adam(ps, nonfinite="warn"), "nonfinite"),
         (lambda ps: AdamW(ps, weight_decay=-0.01), "weight_decay"),
         (lambda ps: AdamW(ps, betas=(0.9, 1.0)), "beta2"),

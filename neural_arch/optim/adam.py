@@ -11,6 +11,13 @@ from .optimizer import Optimizer, StateView, _check_number
 __all__ = ["Adam", "AdamW"]
 
 
+class _DefaultBetas(tuple):
+    """The default ``betas``: equal to ``(0.9, 0.999)``, but recognisable as not given."""
+
+
+_DEFAULT_BETAS = _DefaultBetas((0.9, 0.999))
+
+
 def _resolve_betas(betas: Any, beta1: float | None, beta2: float | None) -> tuple[float, float]:
     """``betas`` (PyTorch's spelling) reconciled with ``beta1``/``beta2`` (the seed's)."""
     try:
@@ -18,7 +25,7 @@ def _resolve_betas(betas: Any, beta1: float | None, beta2: float | None) -> tupl
     except (TypeError, ValueError):
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
     for name, given, current in (("beta1", beta1, b1), ("beta2", beta2, b2)):
-        if given is not None and betas != (0.9, 0.999) and given != current:
+        if given is not None and betas is not _DEFAULT_BETAS and given != current:
             raise ValueError(
                 f"{name}={given!r} disagrees with betas={tuple(betas)!r}; give one spelling"
             )
@@ -63,7 +70,7 @@ class Adam(Optimizer):
         self,
         params: Any,
         lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float, float] = _DEFAULT_BETAS,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
@@ -158,7 +165,7 @@ class AdamW(Adam):
         self,
         params: Any,
         lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float, float] = _DEFAULT_BETAS,
         eps: float = 1e-8,
         weight_decay: float = 0.01,
         amsgrad: bool = False,

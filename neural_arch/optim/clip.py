@@ -67,6 +67,7 @@ def clip_grad_norm_(
     else:
         powers = [xp.sum(xp.abs(p.grad) ** norm_type) for p in params]
         total = xp.sum(xp.stack(powers)) ** (1.0 / norm_type)
+    total = xp.asarray(total)  # NumPy reductions give scalars; the promise is a 0-d array
     if error_if_nonfinite and not bool(xp.isfinite(total)):
         raise RuntimeError(
             f"the total norm of order {norm_type} of the gradients is non-finite, so it "
