@@ -23,6 +23,7 @@ and a switch between the paths mid-training all see one layout.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from typing import Any
@@ -52,7 +53,7 @@ PARALLEL_MIN_SIZE = 1 << 17
 _enabled = os.environ.get("NEURAL_ARCH_FASTPATH", "1") not in ("0", "false", "off", "")
 _num_threads = 1
 _parallel_lock = threading.Lock()  # numba's default threading layer is not re-entrant
-_numba: Any = None  # the kernels module once imported, False when unavailable
+_loaded: dict[str, Any] = {}  # kernels modules once imported, False when unavailable
 
 
 def enabled() -> bool:
@@ -84,16 +85,35 @@ def set_num_threads(n: int) -> int:
     return old
 
 
-def _kernels() -> Any:
-    """The numba kernels, imported (and their cache loaded) on first use; False if unavailable."""
-    global _numba
-    if _numba is None:
+def _load(name: str) -> Any:
+    """Kernels module ``name`` (_numba or _cupy), imported on first use; False if unavailable."""
+    kernels = _loaded.get(name)
+    if kernels is None:
         try:
-            from . import _numba as kernels
-        except Exception:  # numba missing, or broken in this environment: use the generic path
+            kernels = importlib.import_module(f"{__package__}.{name}")
+        except Exception:  # numba or CuPy missing or broken here: the generic path does the work
             kernels = False
-        _numba = kernels
-    return _numba
+        _loaded[name] = kernels
+    return kernels
+
+
+def _kernels() -> Any:
+    """The numba kernels, or False when numba is unavailable."""
+    return _load("_numba")
+
+
+def _library(x: Any) -> tuple[type, Any] | None:
+    """(array type, kernels module) when ``x`` is a float32/float64 array a fast path serves."""
+    t = type(x)
+    if t is _ndarray:
+        kernels = _load("_numba")
+    elif t.__module__.partition(".")[0] == "cupy":  # named, not imported: CuPy may be absent
+        kernels = _load("_cupy")
+    else:
+        return None
+    if not kernels or x.dtype not in (_F32, _F64):
+        return None
+    return t, kernels
 
 
 def _float_dtype(x: Any) -> Any:
@@ -104,32 +124,37 @@ def _float_dtype(x: Any) -> Any:
     return dt if dt is _F32 or dt is _F64 or dt in (_F32, _F64) else None
 
 
-def _fits(a: Any, dt: Any, shape: tuple) -> bool:
-    """``a`` is a writable C-contiguous NumPy array of dtype ``dt`` and ``shape``."""
-    if type(a) is not _ndarray or not (a.dtype is dt or a.dtype == dt) or a.shape != shape:
+def _fits(a: Any, t: type, dt: Any, shape: tuple) -> bool:
+    """``a`` is a writable C-contiguous array of type ``t``, dtype ``dt`` and ``shape``."""
+    if type(a) is not t or not (a.dtype is dt or a.dtype == dt) or a.shape != shape:
         return False
     flags = a.flags
-    return flags.c_contiguous and flags.writeable
+    return flags.c_contiguous and (t is not _ndarray or flags.writeable)  # CuPy: always
 
 
-def _fits_pair(x: Any, g: Any) -> Any:
+def _fits_pair(x: Any, g: Any, t: type) -> Any:
     """The dtype of parameter ``x`` if ``x`` and its gradient ``g`` can go through a kernel."""
-    if type(x) is not _ndarray or type(g) is not _ndarray or g is x:
+    if type(x) is not t or type(g) is not t or g is x:
         return None
     dt = x.dtype
     if not (dt is _F32 or dt is _F64 or dt in (_F32, _F64)):
         return None
     if not (g.dtype is dt or g.dtype == dt) or g.shape != x.shape:
         return None
-    xflags = x.flags
-    if not (xflags.c_contiguous and xflags.writeable and g.flags.c_contiguous):
+    if not (_fits(x, t, dt, x.shape) and g.flags.c_contiguous):
         return None
     return dt
 
 
+def _flat(*arrays: Any) -> tuple:
+    """1-d views of C-contiguous arrays (None stays None): the kernels' one ndim."""
+    return tuple(None if a is None else a.reshape(-1) for a in arrays)
+
+
 def _pick(kernels: Any, name: str) -> tuple[Any, Any]:
     """(serial kernel, threaded kernel or None) for kernel ``name``."""
-    return getattr(kernels, name), getattr(kernels, name + "_par") if _num_threads > 1 else None
+    threaded = getattr(kernels, name + "_par") if _num_threads > 1 else None
+    return getattr(kernels, name), threaded
 
 
 def _run_parallel(kernel: Any, args: tuple) -> None:
@@ -163,7 +188,7 @@ def first_nonfinite(pairs: list[tuple[Any, Any]]) -> int | None:
             return None
         calls.append(check)
     for i, ((kernel, mask), (_, g)) in enumerate(zip(calls, pairs, strict=True)):
-        if kernel(g, mask):
+        if kernel(g if g.ndim == 1 else g.reshape(-1), mask):
             return i
     return -1
 
@@ -184,11 +209,10 @@ def adam_group(
     parameter whose arrays qualify goes through the kernel and any other one
     through the generic rule (same result, each parameter is independent).
     """
-    if not _enabled or not pairs or _float_dtype(pairs[0][0].data) is None:
+    library = _library(pairs[0][0].data) if _enabled and pairs else None
+    if library is None:
         return False
-    kernels = _kernels()
-    if not kernels:
-        return False
+    t, kernels = library
     serial, threaded = _pick(kernels, "adam_kernel")
     lr, (beta1, beta2), eps, wd = hyper["lr"], hyper["betas"], hyper["eps"], hyper["weight_decay"]
     amsgrad = bool(hyper["amsgrad"])
@@ -197,7 +221,7 @@ def adam_group(
     by_step: dict[tuple, tuple] = {}
     for p, g in pairs:
         x = p.data
-        dt = _fits_pair(x, g)
+        dt = _fits_pair(x, g, t)
         record = state.get(p)
         if record is None:
             record = F.adam_init(x, amsgrad=amsgrad)
@@ -209,8 +233,8 @@ def adam_group(
         shape = x.shape
         if (
             dt is None
-            or not (_fits(m, dt, shape) and _fits(v, dt, shape))
-            or (amsgrad and not _fits(vmax, dt, shape))
+            or not (_fits(m, t, dt, shape) and _fits(v, t, dt, shape))
+            or (amsgrad and not _fits(vmax, t, dt, shape))
         ):
             _adam_generic(state, [(p, g)], hyper, decoupled)
             continue
@@ -237,7 +261,8 @@ def adam_group(
             bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
             scalars = (cast(bias_correction2_sqrt), cast(eps), cast(-lr / bias_correction1))
             by_step[dt, step] = scalars
-        args = (x, g, m, v, vmax, *options, *scalars)
+        arrays = (x, g, m, v, vmax) if x.ndim == 1 else _flat(x, g, m, v, vmax)
+        args = (*arrays, *options, *scalars)
         try:
             if threaded is not None and x.size >= PARALLEL_MIN_SIZE:
                 _run_parallel(threaded, args)
@@ -276,24 +301,23 @@ def sgd_group(state: Any, pairs: list[tuple[Any, Any]], hyper: dict[str, Any]) -
     As :func:`adam_group`; ``hyper`` holds ``lr``, ``momentum``, ``dampening``,
     ``weight_decay``, ``nesterov``, ``maximize``.
     """
-    if not _enabled or not pairs or _float_dtype(pairs[0][0].data) is None:
+    library = _library(pairs[0][0].data) if _enabled and pairs else None
+    if library is None:
         return False
-    kernels = _kernels()
-    if not kernels:
-        return False
+    t, kernels = library
     serial, threaded = _pick(kernels, "sgd_kernel")
     momentum, wd = hyper["momentum"], hyper["weight_decay"]
     by_dtype: dict[Any, tuple] = {}
     for p, g in pairs:
         x = p.data
-        dt = _fits_pair(x, g)
+        dt = _fits_pair(x, g, t)
         record = state.get(p)
         if record is None:
             record = F.sgd_init(x)
             state[p] = record
         buf = record.get("momentum_buffer") if momentum != 0 else None
         first = momentum != 0 and buf is None
-        if dt is None or not (buf is None or _fits(buf, dt, x.shape)):
+        if dt is None or not (buf is None or _fits(buf, t, dt, x.shape)):
             _sgd_generic(state, [(p, g)], hyper)
             continue
         options = by_dtype.get(dt)
@@ -304,8 +328,9 @@ def sgd_group(state: Any, pairs: list[tuple[Any, Any]], hyper: dict[str, Any]) -
             tail = (True if hyper["nesterov"] else None, cast(momentum), cast(-hyper["lr"]))
             options = by_dtype[dt] = ((negate, l2, one_damp, *tail), (negate, l2, None, *tail))
         if first:
-            buf = np.empty_like(x)
-        args = (x, g, buf, *options[first])
+            buf = kernels.empty_like(x)
+        arrays = (x, g, buf) if x.ndim == 1 else _flat(x, g, buf)
+        args = (*arrays, *options[first])
         try:
             if threaded is not None and x.size >= PARALLEL_MIN_SIZE:
                 _run_parallel(threaded, args)

@@ -18,11 +18,11 @@ helper, even one inlined by numba, costs a reference count per array per
 element.  ``error_model="numpy"`` gives IEEE division (no zero check, which
 would also stop the loop from vectorizing), as NumPy divides.
 
-Kernels take arrays of any shape (C-contiguous, checked by the caller) and
-flatten them inside, which is free in compiled code.  The ``*_par`` variants
-split the elements into one contiguous chunk per numba thread and run the
-serial kernel on each; the update is elementwise, so the result does not
-depend on the thread count.
+Kernels take 1-d C-contiguous arrays (the caller checks and flattens them:
+views, no copies), so each option set compiles once per dtype, not once per
+ndim.  The ``*_par`` variants split the elements into one contiguous chunk
+per numba thread and run the serial kernel on each; the update is
+elementwise, so the result does not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -30,7 +30,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["HAS_NONFINITE", "adam_kernel", "adam_kernel_par", "sgd_kernel", "sgd_kernel_par"]
+__all__ = [
+    "HAS_NONFINITE",
+    "adam_kernel",
+    "adam_kernel_par",
+    "empty_like",
+    "sgd_kernel",
+    "sgd_kernel_par",
+]
+
+empty_like = np.empty_like
 
 _OPTS = {
     "error_model": "numpy",
@@ -39,6 +48,9 @@ _OPTS = {
     "fastmath": False,
     "boundscheck": False,
 }
+
+# numba cannot cache threaded code (it refers to the thread pool): compiled per process
+_PAR_OPTS = {**_OPTS, "parallel": True, "cache": False}
 
 # Options arrive as ``None`` (off) or a value (on): numba compiles one version
 # per combination it meets and prunes the branches of the options that are off,
@@ -68,13 +80,10 @@ def adam_kernel(
     ``1 - lr * wd``; ``l2``: Adam's ``wd``; ``w`` or ``one_w``: the lerp weight
     ``1 - beta1`` or ``beta1`` (the branch :func:`functional._lerp_` takes);
     ``max_exp_avg_sq``: amsgrad's array."""
-    n = param.size
-    pf, gf = param.reshape(n), grad.reshape(n)
-    mf, vf = exp_avg.reshape(n), exp_avg_sq.reshape(n)
-    xf = vf
+    pf, gf, mf, vf, xf = param, grad, exp_avg, exp_avg_sq, exp_avg_sq
     if max_exp_avg_sq is not None:
-        xf = max_exp_avg_sq.reshape(n)
-    for i in range(n):
+        xf = max_exp_avg_sq
+    for i in range(param.size):
         g = gf[i]
         if negate is not None:
             g = -g
@@ -97,7 +106,7 @@ def adam_kernel(
         pf[i] = p + (m * step_size) / (np.sqrt(v) / bc2_sqrt + eps)
 
 
-@numba.njit(parallel=True, **_OPTS)
+@numba.njit(**_PAR_OPTS)
 def adam_kernel_par(
     param,
     grad,
@@ -116,8 +125,7 @@ def adam_kernel_par(
     step_size,
 ):
     n = param.size
-    pf, gf = param.reshape(n), grad.reshape(n)
-    mf, vf = exp_avg.reshape(n), exp_avg_sq.reshape(n)
+    pf, gf, mf, vf = param, grad, exp_avg, exp_avg_sq
     chunks = numba.get_num_threads()
     if max_exp_avg_sq is None:
         for c in numba.prange(chunks):
@@ -140,7 +148,7 @@ def adam_kernel_par(
                 step_size,
             )
     else:
-        xf = max_exp_avg_sq.reshape(n)
+        xf = max_exp_avg_sq
         for c in numba.prange(chunks):
             lo, hi = n * c // chunks, n * (c + 1) // chunks
             adam_kernel(
@@ -167,12 +175,10 @@ def sgd_kernel(param, grad, buf, negate, l2, one_damp, nesterov, momentum, neg_l
     """SGD on one parameter.  ``buf``: the momentum buffer (None without
     momentum); ``one_damp``: ``1 - dampening``, None on the first step, where
     the buffer becomes the gradient itself; ``nesterov``: None or True."""
-    n = param.size
-    pf, gf = param.reshape(n), grad.reshape(n)
-    bf = pf
+    pf, gf, bf = param, grad, param
     if buf is not None:
-        bf = buf.reshape(n)
-    for i in range(n):
+        bf = buf
+    for i in range(param.size):
         g = gf[i]
         if negate is not None:
             g = -g
@@ -191,10 +197,10 @@ def sgd_kernel(param, grad, buf, negate, l2, one_damp, nesterov, momentum, neg_l
         pf[i] = p + neg_lr * g
 
 
-@numba.njit(parallel=True, **_OPTS)
+@numba.njit(**_PAR_OPTS)
 def sgd_kernel_par(param, grad, buf, negate, l2, one_damp, nesterov, momentum, neg_lr):
     n = param.size
-    pf, gf = param.reshape(n), grad.reshape(n)
+    pf, gf = param, grad
     chunks = numba.get_num_threads()
     if buf is None:
         for c in numba.prange(chunks):
@@ -203,7 +209,7 @@ def sgd_kernel_par(param, grad, buf, negate, l2, one_damp, nesterov, momentum, n
                 pf[lo:hi], gf[lo:hi], None, negate, l2, one_damp, nesterov, momentum, neg_lr
             )
     else:
-        bf = buf.reshape(n)
+        bf = buf
         for c in numba.prange(chunks):
             lo, hi = n * c // chunks, n * (c + 1) // chunks
             sgd_kernel(
@@ -213,7 +219,7 @@ def sgd_kernel_par(param, grad, buf, negate, l2, one_damp, nesterov, momentum, n
 
 @numba.njit(**_OPTS)
 def _has_nonfinite32(grad, exponent_mask):
-    bits = grad.reshape(grad.size).view(np.uint32)
+    bits = grad.view(np.uint32)
     worst = exponent_mask ^ exponent_mask
     for i in range(bits.size):
         worst = max(worst, bits[i] & exponent_mask)
@@ -222,7 +228,7 @@ def _has_nonfinite32(grad, exponent_mask):
 
 @numba.njit(**_OPTS)
 def _has_nonfinite64(grad, exponent_mask):
-    bits = grad.reshape(grad.size).view(np.uint64)
+    bits = grad.view(np.uint64)
     worst = exponent_mask ^ exponent_mask
     for i in range(bits.size):
         worst = max(worst, bits[i] & exponent_mask)

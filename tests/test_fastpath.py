@@ -1,0 +1,402 @@
+"""The fast paths (numba on NumPy, CuPy kernels) against the generic array-API rule.
+
+The generic rule is the reference: the same optimizer runs twice, once with
+the fast path and once with it switched off, and the two must agree to the
+last bit (the kernels do the generic rule's operations in its order, with no
+fused multiply-add), over many steps and every option.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import neural_arch as na
+import neural_arch.optim
+from neural_arch.optim import _fastpath
+
+
+@pytest.fixture
+def kernels():
+    """The numba kernels (tests of the NumPy fast path skip without numba)."""
+    pytest.importorskip("numba", reason="the NumPy fast path needs numba (neural_arch[fast])")
+    assert _fastpath._kernels(), "numba imports but the kernels do not"
+
+
+class P:
+    def __init__(self, data, grad=None):
+        self.data, self.grad = data, grad
+
+
+SHAPES = ((3, 4), (), (7,), (2, 3, 5), (1,))
+
+ADAM_GRID = {
+    "amsgrad": (False, True),
+    "maximize": (False, True),
+    "weight_decay": (0.0, 0.1),
+    "betas": ((0.9, 0.999), (0.3, 0.9)),  # 1 - beta1 = 0.7 takes the other branch of the lerp
+}
+SGD_GRID = {
+    "momentum": (0.0, 0.9),
+    "dampening": (0.0, 0.3),
+    "nesterov": (False, True),
+    "maximize": (False, True),
+    "weight_decay": (0.0, 0.1),
+}
+
+
+def _grid(grid):
+    for values in itertools.product(*grid.values()):
+        kw = dict(zip(grid, values, strict=True))
+        if kw.get("nesterov") and (kw["momentum"] == 0 or kw["dampening"] != 0):
+            continue
+        yield kw
+
+
+def _cases():
+    for kw in _grid(ADAM_GRID):
+        yield na.Adam, kw
+        if kw["betas"] == (0.9, 0.999):
+            yield na.AdamW, {k: v for k, v in kw.items() if k != "betas"}
+    for kw in _grid(SGD_GRID):
+        yield na.SGD, {"lr": 0.05, **kw}
+
+
+def _case_id(case):
+    cls, kw = case
+    return cls.__name__ + "-" + "-".join(f"{k}={v}" for k, v in kw.items())
+
+
+CASES = list(_cases())
+
+
+@pytest.fixture
+def generic():
+    """Run the block with the fast path switched off."""
+
+    class Switch:
+        def __enter__(self):
+            self.old = _fastpath.set_enabled(False)
+
+        def __exit__(self, *exc):
+            _fastpath.set_enabled(self.old)
+
+    return Switch()
+
+
+@pytest.fixture
+def no_generic_fallback(kernels, monkeypatch):
+    """Fail if a parameter the kernels should take goes through the generic rule."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fast path fell back to the generic rule")
+
+    monkeypatch.setattr(_fastpath, "_adam_generic", refuse)
+    monkeypatch.setattr(_fastpath, "_sgd_generic", refuse)
+
+
+def _train(cls, kw, dtype, steps, shapes=SHAPES, seed=0, nonfinite="raise", grads=None):
+    rng = np.random.default_rng(seed)
+    params = [P(rng.standard_normal(s).astype(dtype)) for s in shapes]
+    opt = cls(params, nonfinite=nonfinite, **kw)
+    for t in range(steps):
+        for i, p in enumerate(params):
+            g = rng.standard_normal(p.data.shape).astype(dtype)
+            p.grad = grads(t, i, g) if grads is not None else g
+        opt.step()
+    return params, opt
+
+
+def _assert_same_bits(a, b):
+    np.testing.assert_array_equal(a, b, strict=True)  # NaNs in the same places count as equal
+
+
+def _assert_same_state(opt_fast, opt_gen, params_fast, params_gen):
+    for pf, pg in zip(params_fast, params_gen, strict=True):
+        _assert_same_bits(pf.data, pg.data)
+        sf, sg = opt_fast.state[pf], opt_gen.state[pg]
+        assert list(sf) == list(sg)
+        for key in sf:
+            if key == "step":
+                assert type(sf[key]) is int and sf[key] == sg[key]
+            elif sg[key] is None:
+                assert sf[key] is None
+            else:
+                assert type(sf[key]) is type(sg[key])
+                _assert_same_bits(sf[key], sg[key])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_fast_path_matches_generic_bit_for_bit(case, dtype, generic, no_generic_fallback):
+    cls, kw = case
+    with generic:
+        params_gen, opt_gen = _train(cls, kw, dtype, 100)
+    params_fast, opt_fast = _train(cls, kw, dtype, 100)
+    _assert_same_state(opt_fast, opt_gen, params_fast, params_gen)
+    assert opt_fast.step_count == opt_gen.step_count == 100
+
+
+def test_state_layout_and_state_dict_are_the_generic_ones(generic, no_generic_fallback):
+    for cls, kw in [(na.Adam, {"amsgrad": True}), (na.SGD, {"momentum": 0.9})]:
+        _, opt_fast = _train(cls, kw, "float32", 3)
+        with generic:
+            _, opt_gen = _train(cls, kw, "float32", 3)
+        sd_fast, sd_gen = opt_fast.state_dict(), opt_gen.state_dict()
+        assert sd_fast["param_groups"] == sd_gen["param_groups"]
+        assert sd_fast["state"].keys() == sd_gen["state"].keys()
+        for i, record in sd_fast["state"].items():
+            assert record.keys() == sd_gen["state"][i].keys()
+            for key, value in record.items():
+                if key != "step":
+                    assert value.dtype == np.float32
+                    assert value.shape == sd_gen["state"][i][key].shape
+
+
+def test_switching_paths_mid_training_changes_nothing(generic, no_generic_fallback):
+    """A run that alternates fast and generic steps equals a generic run."""
+    kw = {"amsgrad": True, "weight_decay": 0.1}
+    with generic:
+        params_gen, opt_gen = _train(na.AdamW, kw, "float32", 20)
+    rng = np.random.default_rng(0)
+    params = [P(rng.standard_normal(s).astype("float32")) for s in SHAPES]
+    opt = na.AdamW(params, **kw)
+    for t in range(20):
+        for p in params:
+            p.grad = rng.standard_normal(p.data.shape).astype("float32")
+        if t % 3 == 1:
+            with generic:
+                opt.step()
+        else:
+            opt.step()
+    _assert_same_state(opt, opt_gen, params, params_gen)
+
+
+def test_threads_give_the_same_bits(monkeypatch, no_generic_fallback):
+    monkeypatch.setattr(_fastpath, "PARALLEL_MIN_SIZE", 16)
+    shapes = ((1000,), (3, 40), (5,))
+    for cls, kw in [(na.Adam, {"amsgrad": True}), (na.SGD, {"momentum": 0.9, "nesterov": True})]:
+        one, opt_one = _train(cls, kw, "float32", 5, shapes=shapes)
+        old = _fastpath.set_num_threads(2)
+        try:
+            two, opt_two = _train(cls, kw, "float32", 5, shapes=shapes)
+        finally:
+            _fastpath.set_num_threads(old)
+        _assert_same_state(opt_two, opt_one, two, one)
+
+
+def test_set_num_threads_refuses_nonsense():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="positive int"):
+            _fastpath.set_num_threads(bad)
+
+
+# ---------------------------------------------------------------- nonfinite
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_first_nonfinite_finds_the_first_bad_gradient(dtype, bad, kernels):
+    grads = [np.ones(s, dtype) for s in ((3,), (), (2, 2), (5,))]
+    pairs = [(None, g) for g in grads]
+    assert _fastpath.first_nonfinite(pairs) == -1
+    grads[2][1, 0] = bad
+    assert _fastpath.first_nonfinite(pairs) == 2
+    grads[1][()] = bad
+    assert _fastpath.first_nonfinite(pairs) == 1
+    # the largest finite value and subnormals are finite
+    big = np.array([np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).smallest_subnormal])
+    assert _fastpath.first_nonfinite([(None, big.astype(dtype))]) == -1
+
+
+def test_first_nonfinite_leaves_other_arrays_to_the_generic_check(kernels):
+    g = np.ones(6)
+    assert _fastpath.first_nonfinite([(None, g[::2])]) is None  # not contiguous
+    assert _fastpath.first_nonfinite([(None, g.astype("float16"))]) is None
+    assert _fastpath.first_nonfinite([(None, g), (None, [1.0])]) is None
+
+
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+@pytest.mark.parametrize("cls, kw", [(na.Adam, {"amsgrad": True}), (na.SGD, {"momentum": 0.9})])
+def test_nonfinite_step_changes_nothing_on_the_fast_path(cls, kw, mode, no_generic_fallback):
+    params, opt = _train(cls, kw, "float32", 3, nonfinite=mode)
+    before = [p.data.copy() for p in params]
+    state_before = {
+        i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in opt.state[p].items()}
+        for i, p in enumerate(params)
+    }
+    for p in params:
+        p.grad = np.ones_like(p.data)
+    params[3].grad[1, 2, 0] = np.nan
+    if mode == "raise":
+        with pytest.raises(FloatingPointError, match="parameter 3"):
+            opt.step()
+    else:
+        opt.step()
+        assert opt.skipped_steps == 1
+    assert opt.step_count == 3
+    for i, p in enumerate(params):
+        _assert_same_bits(p.data, before[i])
+        for key, value in opt.state[p].items():
+            if isinstance(value, np.ndarray):
+                _assert_same_bits(value, state_before[i][key])
+            else:
+                assert value == state_before[i][key]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nonfinite_ignore_propagates_like_the_generic_path(dtype, generic, no_generic_fallback):
+    def poison(t, i, g):
+        if t in (2, 5) and g.size > 2:
+            g.reshape(-1)[:3] = (np.nan, np.inf, -np.inf)
+        return g
+
+    for cls, kw in [
+        (na.Adam, {"amsgrad": True, "weight_decay": 0.1}),
+        (na.AdamW, {"maximize": True}),
+        (na.SGD, {"momentum": 0.9, "weight_decay": 0.1}),
+    ]:
+        fast, opt_fast = _train(cls, kw, dtype, 8, nonfinite="ignore", grads=poison)
+        with generic:
+            gen, opt_gen = _train(cls, kw, dtype, 8, nonfinite="ignore", grads=poison)
+        _assert_same_state(opt_fast, opt_gen, fast, gen)
+
+
+# ----------------------------------------------------------------- fallback
+
+
+def test_arrays_the_kernels_do_not_take_go_the_generic_way(generic, kernels):
+    """Non-contiguous, read-only-gradient, mixed-dtype, float16 parameters: same result."""
+
+    def build():
+        rng = np.random.default_rng(1)
+        base = rng.standard_normal((4, 6))
+        ro = rng.standard_normal(5).astype("float32")
+        params = [
+            P(base[:, ::2]),  # a strided view: generic
+            P(rng.standard_normal(3).astype("float32")),  # another dtype in the same group
+            P(rng.standard_normal(3).astype("float16")),  # a dtype the kernels do not take
+            P(np.asfortranarray(rng.standard_normal((3, 2)))),  # F order: generic
+            P(ro),
+        ]
+        return params
+
+    def run():
+        params = build()
+        opt = na.Adam(params, amsgrad=True)
+        rng = np.random.default_rng(2)
+        for _ in range(5):
+            for p in params:
+                p.grad = rng.standard_normal(p.data.shape).astype(p.data.dtype)
+            params[4].grad.flags.writeable = False  # a read-only gradient is fine for a kernel
+            params[1].grad = params[1].grad.astype("float64")  # gradient of another dtype
+            opt.step()
+        return params, opt
+
+    fast, opt_fast = run()
+    with generic:
+        gen, opt_gen = run()
+    _assert_same_state(opt_fast, opt_gen, fast, gen)
+    assert fast[0].data.base is not None  # the view stayed a view, updated in place
+
+
+def test_other_backends_are_not_taken():
+    xps = pytest.importorskip("array_api_strict")
+    p = P(xps.ones(3), xps.ones(3))
+    opt = na.SGD([p], lr=0.5)
+    assert not _fastpath.sgd_group(opt.state, [(p, p.grad)], opt.param_groups[0])
+    assert not _fastpath.adam_group(opt.state, [(p, p.grad)], {}, decoupled=False)
+    opt.step()
+    assert float(p.data[0]) == 0.5
+
+
+def test_without_numba_the_generic_path_runs_silently(monkeypatch, generic):
+    """numba missing: no error, no warning, the same numbers."""
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
+    monkeypatch.delitem(sys.modules, "neural_arch.optim._numba", raising=False)
+    monkeypatch.delattr(neural_arch.optim, "_numba", raising=False)
+    monkeypatch.setattr(_fastpath, "_loaded", {})
+    assert _fastpath._kernels() is False
+    params, opt = _train(na.Adam, {"amsgrad": True}, "float32", 5)
+    assert _fastpath.first_nonfinite([(None, params[0].grad)]) is None
+    with generic:
+        params_gen, opt_gen = _train(na.Adam, {"amsgrad": True}, "float32", 5)
+    _assert_same_state(opt, opt_gen, params, params_gen)
+
+
+def test_importing_neural_arch_imports_neither_numba_nor_cupy():
+    code = (
+        "import sys, neural_arch, neural_arch.optim; "
+        "assert 'numba' not in sys.modules and 'cupy' not in sys.modules, "
+        "[m for m in sys.modules if m.startswith(('numba', 'cupy'))]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_allocation_proportional_to_the_model(no_generic_fallback):
+    """After the first step (which creates the state) a step allocates O(1) memory."""
+    import tracemalloc
+
+    params = [P(np.ones(100_000, "float32"), np.ones(100_000, "float32")) for _ in range(4)]
+    for cls, kw in [(na.Adam, {"amsgrad": True}), (na.AdamW, {}), (na.SGD, {"momentum": 0.9})]:
+        opt = cls(params, **kw)
+        opt.step()
+        opt.step()
+        tracemalloc.start()
+        opt.step()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 20_000, f"{cls.__name__} allocated {peak} bytes in one step"
+
+
+# --------------------------------------------------------------------- CuPy
+
+
+def _cupy():
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("CuPy needs a CUDA device")
+    except Exception:
+        pytest.skip("CuPy needs a CUDA device")
+    return cupy
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_cupy_fast_path_matches_generic_bit_for_bit(case, dtype, generic, monkeypatch):
+    cupy = _cupy()
+    cls, kw = case
+
+    def train():
+        rng = np.random.default_rng(0)
+        params = [P(cupy.asarray(rng.standard_normal(s).astype(dtype))) for s in SHAPES]
+        opt = cls(params, **kw)
+        for _ in range(100):
+            for p in params:
+                p.grad = cupy.asarray(rng.standard_normal(p.data.shape).astype(dtype))
+            opt.step()
+        return params, opt
+
+    with generic:
+        gen, opt_gen = train()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CuPy fast path fell back to the generic rule")
+
+    monkeypatch.setattr(_fastpath, "_adam_generic", refuse)
+    monkeypatch.setattr(_fastpath, "_sgd_generic", refuse)
+    fast, opt_fast = train()
+    for pf, pg in zip(fast, gen, strict=True):
+        np.testing.assert_array_equal(cupy.asnumpy(pf.data), cupy.asnumpy(pg.data))
+        for key, value in opt_fast.state[pf].items():
+            other = opt_gen.state[pg][key]
+            if key == "step" or value is None:
+                assert value == other
+            else:
+                assert type(value) is cupy.ndarray
+                np.testing.assert_array_equal(cupy.asnumpy(value), cupy.asnumpy(other))
