@@ -6,6 +6,7 @@ so nothing is downloaded.  Needs the ``examples`` extra::
     pip install -e ".[examples]"
     python examples/train_digits.py                       # Adam, cosine schedule, NumPy
     python examples/train_digits.py --optimizer sgd --backend torch
+    python examples/train_digits.py --backend torch --device cuda:0  # or: cupy --device 0
     python examples/train_digits.py --resume              # continue from the checkpoint
     python examples/train_digits.py --compare             # Adam vs AdamW vs SGD, one plot
 
@@ -51,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="default: adam")
     p.add_argument("--backend", choices=BACKENDS, default="numpy")
-    p.add_argument("--device", default=None, help="a device of the backend, e.g. cuda:0")
+    p.add_argument(
+        "--device", default=None, help="torch: a device such as cuda:0; cupy, jax: an index"
+    )
     p.add_argument("--epochs", type=int, default=None, help=f"default: {DEFAULTS['epochs']}")
     p.add_argument("--lr", type=float, default=None, help=f"default: {DEFAULT_LR}")
     p.add_argument("--batch-size", type=int, default=None, help="default: 32")
@@ -157,20 +160,35 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------- training
 
 
-def check_backend(name: str, device: Any) -> Any:
-    """The backend's namespace, or a clear error when it is missing or has no device."""
+def check_backend(name: str, device: str | None) -> tuple[Any, Any]:
+    """(namespace, device object), or a clear error when the backend is missing or has no device.
+
+    ``device`` is what the user typed: a torch device string (``cuda:0``), or
+    for CuPy and JAX the index of a device (``0``); None is the default device.
+    """
     try:
         xp = resolve_backend(name)
     except ImportError as exc:
         raise fail(str(exc)) from None
+    where = f"device {device!r}" if device is not None else "its default device"
     try:
-        probe = to_backend(np.zeros(1, dtype=np.float32), xp, device=device)
+        dev = device
+        if device is not None and name in ("cupy", "jax"):
+            if not device.isdigit():
+                raise fail(f"--device for {name} is a device index (0, 1, ...), got {device!r}")
+            dev = (
+                __import__("cupy").cuda.Device(int(device))
+                if name == "cupy"
+                else __import__("jax").devices()[int(device)]
+            )
+        probe = to_backend(np.zeros(1, dtype=np.float32), xp, device=dev)
         float(xp.sum(probe))
+    except SystemExit:
+        raise
     except Exception as exc:  # CUDA drivers raise many types; report, never traceback
-        where = f"device {device!r}" if device is not None else "its default device"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise fail(f"backend {name!r} cannot use {where}: {first}") from None
-    return xp
+    return xp, dev
 
 
 def train_one(cfg: dict[str, Any], args: argparse.Namespace, xp: Any, data: dict) -> dict:
@@ -351,10 +369,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.compare and args.optimizer is not None:
         raise fail("--compare trains every optimizer; leave out --optimizer")
     names = list(OPTIMIZERS) if args.compare else [args.optimizer or "adam"]
-    configs = [run_config(args, name) for name in names]  # check settings before training
     for name in ("tqdm", "matplotlib"):
         require(name, "train_digits.py")
-    xp = check_backend(args.backend, args.device)
+    xp, args.device = check_backend(args.backend, args.device)
+    configs = [run_config(args, name) for name in names]  # check settings before training
     data = load_data(xp, args.device)
 
     results = []
