@@ -213,6 +213,13 @@ def test_first_nonfinite_finds_the_first_bad_gradient(dtype, bad, kernels):
     assert _fastpath.first_nonfinite([(None, big.astype(dtype))]) == -1
 
 
+def test_first_nonfinite_reads_transposed_gradients(kernels):
+    g = np.ones((4, 3), "float32").T  # F-contiguous, as a matmul's gradient may come
+    assert _fastpath.first_nonfinite([(None, np.ones(2)), (None, g)]) == -1
+    g[2, 1] = np.inf
+    assert _fastpath.first_nonfinite([(None, np.ones(2)), (None, g)]) == 1
+
+
 def test_first_nonfinite_leaves_other_arrays_to_the_generic_check(kernels):
     g = np.ones(6)
     assert _fastpath.first_nonfinite([(None, g[::2])]) is None  # not contiguous
@@ -264,6 +271,26 @@ def test_nonfinite_ignore_propagates_like_the_generic_path(dtype, generic, no_ge
         with generic:
             gen, opt_gen = _train(cls, kw, dtype, 8, nonfinite="ignore", grads=poison)
         _assert_same_state(opt_fast, opt_gen, fast, gen)
+
+
+def test_transposed_and_strided_gradients_take_the_kernels(generic, no_generic_fallback):
+    """A gradient in F order or with strides is copied to a reused buffer, same bits."""
+
+    def run():
+        rng = np.random.default_rng(3)
+        params = [P(rng.standard_normal((5, 3)).astype("float32")) for _ in range(3)]
+        opt = na.Adam(params, amsgrad=True, weight_decay=0.1)
+        for _ in range(4):
+            params[0].grad = rng.standard_normal((3, 5)).astype("float32").T
+            params[1].grad = rng.standard_normal((10, 3)).astype("float32")[::2]
+            params[2].grad = rng.standard_normal((5, 3)).astype("float32")
+            opt.step()
+        return params, opt
+
+    fast, opt_fast = run()
+    with generic:
+        gen, opt_gen = run()
+    _assert_same_state(opt_fast, opt_gen, fast, gen)
 
 
 # ----------------------------------------------------------------- fallback

@@ -12,8 +12,8 @@ Each entry point returns False when it does not take the group (numba or
 CuPy missing, the group's first parameter not a float32/float64 array of that
 library); the caller then runs the generic rule.  Within a group it takes,
 a parameter whose arrays do not qualify (another dtype or library, a gradient
-of another dtype, a non-contiguous or read-only array) goes through the
-generic rule, one parameter at a time: parameters are independent and both
+of another dtype, a non-contiguous or read-only parameter or state array)
+goes through the generic rule, one parameter at a time: parameters are independent and both
 paths give the same bits, so the choice is silent and only the speed differs.
 
 The state records are the generic path's (same keys, ``step`` an int, arrays
@@ -53,6 +53,7 @@ PARALLEL_MIN_SIZE = 1 << 17
 _enabled = os.environ.get("NEURAL_ARCH_FASTPATH", "1") not in ("0", "false", "off", "")
 _num_threads = 1
 _parallel_lock = threading.Lock()  # numba's default threading layer is not re-entrant
+_scratch = threading.local()  # dtype -> a reused buffer for non-contiguous gradients
 _loaded: dict[str, Any] = {}  # kernels modules once imported, False when unavailable
 
 
@@ -141,9 +142,26 @@ def _fits_pair(x: Any, g: Any, t: type) -> Any:
         return None
     if not (g.dtype is dt or g.dtype == dt) or g.shape != x.shape:
         return None
-    if not (_fits(x, t, dt, x.shape) and g.flags.c_contiguous):
-        return None
-    return dt
+    return dt if _fits(x, t, dt, x.shape) else None
+
+
+def _c_order(g: Any) -> Any:
+    """``g`` if C-contiguous, else its copy into this thread's reused scratch buffer.
+
+    Gradients of matrix products often come out transposed (F order); the
+    kernels walk p, g, m, v in one order, so such a gradient is copied first
+    (one extra read and write of g; no new memory after the first step).
+    CuPy's kernels take any strides, so only NumPy arrays get here.
+    """
+    if g.flags.c_contiguous:
+        return g
+    buffers = _scratch.__dict__
+    buf = buffers.get(g.dtype)
+    if buf is None or buf.size < g.size:
+        buf = buffers[g.dtype] = np.empty(g.size, g.dtype)  # grows to the largest gradient
+    out = buf[: g.size].reshape(g.shape)
+    np.copyto(out, g)
+    return out
 
 
 def _flat(*arrays: Any) -> tuple:
@@ -173,7 +191,7 @@ def first_nonfinite(pairs: list[tuple[Any, Any]]) -> int | None:
 
     One read of every gradient, one compiled call per gradient, and no float
     reduction (the exponent bits are compared as integers).  Handled when
-    every gradient is a C-contiguous NumPy float32/float64 array.
+    every gradient is a C- or F-contiguous NumPy float32/float64 array.
     """
     if not _enabled or not pairs or _float_dtype(pairs[0][1]) is None:
         return None
@@ -184,11 +202,17 @@ def first_nonfinite(pairs: list[tuple[Any, Any]]) -> int | None:
     calls = []
     for _, g in pairs:
         check = checks.get(g.dtype) if type(g) is _ndarray else None
-        if check is None or not g.flags.c_contiguous:
+        if check is None:
             return None
-        calls.append(check)
-    for i, ((kernel, mask), (_, g)) in enumerate(zip(calls, pairs, strict=True)):
-        if kernel(g if g.ndim == 1 else g.reshape(-1), mask):
+        flags = g.flags
+        if flags.c_contiguous:
+            calls.append((check, g if g.ndim == 1 else g.reshape(-1)))
+        elif flags.f_contiguous:  # a transposed gradient: the order does not matter here
+            calls.append((check, g.T.reshape(-1)))
+        else:
+            return None
+    for i, ((kernel, mask), flat) in enumerate(calls):
+        if kernel(flat, mask):
             return i
     return -1
 
@@ -261,6 +285,8 @@ def adam_group(
             bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
             scalars = (cast(bias_correction2_sqrt), cast(eps), cast(-lr / bias_correction1))
             by_step[dt, step] = scalars
+        if t is _ndarray:
+            g = _c_order(g)
         arrays = (x, g, m, v, vmax) if x.ndim == 1 else _flat(x, g, m, v, vmax)
         args = (*arrays, *options, *scalars)
         try:
@@ -329,6 +355,8 @@ def sgd_group(state: Any, pairs: list[tuple[Any, Any]], hyper: dict[str, Any]) -
             options = by_dtype[dt] = ((negate, l2, one_damp, *tail), (negate, l2, None, *tail))
         if first:
             buf = kernels.empty_like(x)
+        if t is _ndarray:
+            g = _c_order(g)
         arrays = (x, g, buf) if x.ndim == 1 else _flat(x, g, buf)
         args = (*arrays, *options[first])
         try:
