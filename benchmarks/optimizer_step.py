@@ -37,12 +37,17 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+# One BLAS thread for NumPy, so that the end-to-end line's "1 thread" holds for both
+# libraries (an optimizer step uses no BLAS); set the variables to override.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import neural_arch as na
-from neural_arch.optim import Optimizer, _fastpath
+import neural_arch as na  # noqa: E402
+from neural_arch.optim import Optimizer, _fastpath  # noqa: E402
 
 try:
     import torch
