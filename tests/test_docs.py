@@ -22,7 +22,7 @@ depending on it.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import re
 import sys
@@ -83,7 +83,9 @@ def _cuda_available() -> bool:
 def missing_requirement(code: str) -> str | None:
     """Why a block cannot run here (an optional package or a GPU is missing), or None."""
     for name in sorted(set(_MENTION.findall(code))):
-        if importlib.util.find_spec(name) is None:
+        try:
+            importlib.import_module(name)
+        except ImportError:
             return f"needs {name}, which is not installed"
         if name == "cupy" and not _cuda_available():
             return "needs CuPy with a CUDA device"
