@@ -48,7 +48,7 @@ _ndarray = np.ndarray
 
 #: Below this many elements a parameter is updated by one thread even when
 #: more are allowed: waking threads costs more than the work.
-PARALLEL_MIN_SIZE = 1 << 17
+PARALLEL_MIN_SIZE = 1 << 20
 
 _enabled = os.environ.get("NEURAL_ARCH_FASTPATH", "1") not in ("0", "false", "off", "")
 _num_threads = 1
