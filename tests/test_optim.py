@@ -957,3 +957,14 @@ def test_large_finite_gradients_are_not_refused(xp):
     assert opt.step_count == 1
     for p, p0 in zip(params, start, strict=True):
         np.testing.assert_array_equal(to_np(p.data), p0 + -1e-10 * np.full(2, 1e308))
+
+
+def test_sgd_without_momentum_keeps_no_state_like_torch(xp):
+    params = _params(xp)
+    opt = SGD(params, lr=0.1)
+    for p in params:
+        p.grad = xp.ones_like(p.data)
+    opt.step()
+    assert len(opt.state) == 0 and opt.state_dict()["state"] == {}
+    assert opt.state.get(params[0]) is None
+    assert opt.state[params[0]] == {}  # reading gives an empty record, as a defaultdict(dict)

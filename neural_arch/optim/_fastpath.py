@@ -32,8 +32,6 @@ from typing import Any
 # the generic rules, names NumPy itself.
 import numpy as np
 
-from . import functional as F
-
 __all__ = [
     "adam_group",
     "enabled",
@@ -221,21 +219,25 @@ def first_nonfinite(pairs: list[tuple[Any, Any]]) -> int | None:
 
 
 def adam_group(
-    state: Any, pairs: list[tuple[Any, Any]], hyper: dict[str, Any], *, decoupled: bool
-) -> bool:
-    """Apply :func:`.functional.adam_step` to every pair; False if the group is not handled.
+    pairs: list[tuple[Any, Any]],
+    records: list[dict[str, Any]],
+    hyper: dict[str, Any],
+    *,
+    decoupled: bool,
+) -> list[int]:
+    """Apply :func:`.functional.adam_step` to the pairs the kernels take; return the others.
 
-    ``state`` is the optimizer's parameter → record mapping (a missing record
-    is created by :func:`.functional.adam_init`, as the generic loop does);
-    ``hyper`` is the parameter group (``lr``, ``betas``, ``eps``,
-    ``weight_decay``, ``amsgrad``, ``maximize``).  Handled when numba is
-    available and the first parameter is a NumPy float array; then every
-    parameter whose arrays qualify goes through the kernel and any other one
-    through the generic rule (same result, each parameter is independent).
+    ``records`` are the pairs' state records (made by the optimizer, as for
+    the generic rule) and are updated in place; ``hyper`` is the parameter
+    group (``lr``, ``betas``, ``eps``, ``weight_decay``, ``amsgrad``,
+    ``maximize``).  Returns the indices of the pairs left to the generic rule:
+    all of them unless numba (or CuPy) is available and the first parameter
+    qualifies; then only those whose arrays do not (each parameter is
+    independent, so the split does not change the result).
     """
     library = _library(pairs[0][0].data) if _enabled and pairs else None
     if library is None:
-        return False
+        return list(range(len(pairs)))
     t, kernels = library
     serial, threaded = _pick(kernels, "adam_kernel")
     lr, (beta1, beta2), eps, wd = hyper["lr"], hyper["betas"], hyper["eps"], hyper["weight_decay"]
@@ -243,15 +245,10 @@ def adam_group(
     w = 1.0 - beta1
     by_dtype: dict[Any, tuple] = {}
     by_step: dict[tuple, tuple] = {}
-    for p, g in pairs:
+    rest = []
+    for i, ((p, g), record) in enumerate(zip(pairs, records, strict=True)):
         x = p.data
         dt = _fits_pair(x, g, t)
-        record = state.get(p)
-        if record is None:
-            record = F.adam_init(x, amsgrad=amsgrad)
-            state[p] = record
-        elif amsgrad and record.get("max_exp_avg_sq") is None:
-            record["max_exp_avg_sq"] = F.adam_init(x, amsgrad=True)["max_exp_avg_sq"]
         m, v = record.get("exp_avg"), record.get("exp_avg_sq")
         vmax = record.get("max_exp_avg_sq") if amsgrad else None
         shape = x.shape
@@ -260,7 +257,7 @@ def adam_group(
             or not (_fits(m, t, dt, shape) and _fits(v, t, dt, shape))
             or (amsgrad and not _fits(vmax, t, dt, shape))
         ):
-            _adam_generic(state, [(p, g)], hyper, decoupled)
+            rest.append(i)
             continue
         options = by_dtype.get(dt)
         if options is None:
@@ -295,56 +292,38 @@ def adam_group(
             else:
                 serial(*args)
         except Exception:  # no kernel for these types (compiling failed): the generic rule
-            _adam_generic(state, [(p, g)], hyper, decoupled)
+            rest.append(i)
             continue
         record["step"] = step
-    return True
-
-
-def _adam_generic(state: Any, pairs: list, hyper: dict[str, Any], decoupled: bool) -> None:
-    """Adam._update_group's generic loop, for parameters the kernels do not take."""
-    beta1, beta2 = hyper["betas"]
-    options = {
-        "lr": hyper["lr"],
-        "beta1": beta1,
-        "beta2": beta2,
-        "eps": hyper["eps"],
-        "weight_decay": hyper["weight_decay"],
-        "amsgrad": hyper["amsgrad"],
-        "maximize": hyper["maximize"],
-        "decoupled_weight_decay": decoupled,
-    }
-    for p, g in pairs:
-        p.data, state[p] = F.adam_step(p.data, g, state[p], **options, inplace=True)
+    return rest
 
 
 # ----------------------------------------------------------------------- SGD
 
 
-def sgd_group(state: Any, pairs: list[tuple[Any, Any]], hyper: dict[str, Any]) -> bool:
-    """Apply :func:`.functional.sgd_step` to every pair; False if the group is not handled.
+def sgd_group(
+    pairs: list[tuple[Any, Any]], records: list[dict[str, Any]], hyper: dict[str, Any]
+) -> list[int]:
+    """Apply :func:`.functional.sgd_step` to the pairs the kernels take; return the others.
 
     As :func:`adam_group`; ``hyper`` holds ``lr``, ``momentum``, ``dampening``,
     ``weight_decay``, ``nesterov``, ``maximize``.
     """
     library = _library(pairs[0][0].data) if _enabled and pairs else None
     if library is None:
-        return False
+        return list(range(len(pairs)))
     t, kernels = library
     serial, threaded = _pick(kernels, "sgd_kernel")
     momentum, wd = hyper["momentum"], hyper["weight_decay"]
     by_dtype: dict[Any, tuple] = {}
-    for p, g in pairs:
+    rest = []
+    for i, ((p, g), record) in enumerate(zip(pairs, records, strict=True)):
         x = p.data
         dt = _fits_pair(x, g, t)
-        record = state.get(p)
-        if record is None:
-            record = F.sgd_init(x)
-            state[p] = record
         buf = record.get("momentum_buffer") if momentum != 0 else None
         first = momentum != 0 and buf is None
         if dt is None or not (buf is None or _fits(buf, t, dt, x.shape)):
-            _sgd_generic(state, [(p, g)], hyper)
+            rest.append(i)
             continue
         options = by_dtype.get(dt)
         if options is None:
@@ -365,16 +344,8 @@ def sgd_group(state: Any, pairs: list[tuple[Any, Any]], hyper: dict[str, Any]) -
             else:
                 serial(*args)
         except Exception:  # no kernel for these types (compiling failed): the generic rule
-            _sgd_generic(state, [(p, g)], hyper)
+            rest.append(i)
             continue
         if first:
             record["momentum_buffer"] = buf
-    return True
-
-
-def _sgd_generic(state: Any, pairs: list, hyper: dict[str, Any]) -> None:
-    """SGD._update_group's generic loop, for parameters the kernels do not take."""
-    keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-    options = {k: hyper[k] for k in keys}
-    for p, g in pairs:
-        p.data, state[p] = F.sgd_step(p.data, g, state[p], **options, inplace=True)
+    return rest

@@ -125,8 +125,19 @@ class Adam(Optimizer):
         _check_number("weight_decay", group["weight_decay"])
 
     def _update_group(self, group: dict[str, Any], pairs: list[tuple[Any, Any]]) -> None:
-        if _fastpath.adam_group(self.state, pairs, group, decoupled=self._decoupled):
-            return  # the same rule, fused (NumPy + numba, CuPy)
+        amsgrad = group["amsgrad"]
+        records = []
+        for p, _ in pairs:
+            record = self.state.get(p)
+            if record is None:
+                record = self.state[p] = F.adam_init(p.data, amsgrad=amsgrad)
+            elif amsgrad and record.get("max_exp_avg_sq") is None:
+                record["max_exp_avg_sq"] = F.adam_init(p.data, amsgrad=True)["max_exp_avg_sq"]
+            records.append(record)
+        # the fused kernels (NumPy + numba, CuPy) take what they can; the same rule does the rest
+        rest = _fastpath.adam_group(pairs, records, group, decoupled=self._decoupled)
+        if not rest:
+            return
         beta1, beta2 = group["betas"]
         hyper = {
             "lr": group["lr"],
@@ -134,17 +145,14 @@ class Adam(Optimizer):
             "beta2": beta2,
             "eps": group["eps"],
             "weight_decay": group["weight_decay"],
-            "amsgrad": group["amsgrad"],
+            "amsgrad": amsgrad,
             "maximize": group["maximize"],
             "decoupled_weight_decay": self._decoupled,
         }
-        for p, g in pairs:
-            state = self.state.get(p)
-            if state is None:
-                state = F.adam_init(p.data, amsgrad=group["amsgrad"])
-            elif group["amsgrad"] and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = F.adam_init(p.data, amsgrad=True)["max_exp_avg_sq"]
-            p.data, self.state[p] = F.adam_step(p.data, g, state, **hyper, inplace=True)
+        for i in rest:
+            (p, g), record = pairs[i], records[i]
+            p.data, new = F.adam_step(p.data, g, record, **hyper, inplace=True)
+            record.update(new)
 
 
 class AdamW(Adam):

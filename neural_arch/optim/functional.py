@@ -93,7 +93,7 @@ def _lerp_(xp, start: Array, end: Array, weight: float) -> Array:
 # --------------------------------------------------------------------------- SGD
 
 
-def sgd_init(param: Array, *, momentum: float = 0.0) -> dict[str, Any]:
+def sgd_init(param: Array) -> dict[str, Any]:
     """The state SGD keeps for ``param``: the momentum buffer, created on the first step."""
     return {"momentum_buffer": None}
 

@@ -18,6 +18,7 @@ from typing import Any
 import array_api_compat
 
 from ..backend import backend_name, device, float_errors_ignored, namespace, to_backend
+from . import _fastpath
 
 __all__ = ["Optimizer"]
 
@@ -29,16 +30,23 @@ class _ParamState(Mapping):
 
     Parameters need not be hashable (a Tensor may define elementwise ``==``),
     so records are stored under ``id(param)`` together with the parameter.
+    Like PyTorch's ``defaultdict(dict)``, reading the state of a parameter
+    that has none yet gives (and stores) an empty record; ``get`` and ``in``
+    do not store anything.
     """
 
     def __init__(self) -> None:
         self._records: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     def __getitem__(self, param: Any) -> dict[str, Any]:
-        try:
-            return self._records[id(param)][1]
-        except KeyError:
-            raise KeyError("this parameter has no optimizer state (yet)") from None
+        entry = self._records.get(id(param))
+        if entry is None:
+            entry = self._records[id(param)] = (param, {})
+        return entry[1]
+
+    def get(self, param: Any, default: Any = None) -> Any:
+        entry = self._records.get(id(param))
+        return default if entry is None else entry[1]
 
     def __setitem__(self, param: Any, record: dict[str, Any]) -> None:
         self._records[id(param)] = (param, record)
@@ -142,9 +150,12 @@ class Optimizer:
             parameter, ``"skip"`` skips the whole step and counts it in
             :attr:`skipped_steps`, ``"ignore"`` does not check (fastest).
             In both checking modes nothing is changed by a refused step.
-            The check costs one read of every gradient (a sum per parameter)
-            and one device-to-host synchronisation per parameter group; only
-            when that sum is not finite are the gradients checked elementwise.
+            The check costs one read of every gradient before the update:
+            on NumPy with numba (``neural_arch[fast]``) a compiled pass over
+            the exponent bits; elsewhere a sum per gradient and one
+            device-to-host synchronisation per parameter group (only when
+            that sum is not finite are the gradients checked elementwise).
+            See docs/performance.md for its measured cost.
 
     Attributes:
         param_groups: list of dicts, each with ``"params"`` and hyperparameters.
@@ -320,6 +331,11 @@ class Optimizer:
     def _first_nonfinite(self, work: list[tuple[dict, list]]) -> Any:
         """Name of the first parameter with a non-finite gradient, or None."""
         for _, pairs in work:
+            fast = _fastpath.first_nonfinite(pairs)  # compiled: index, -1 if all finite, or None
+            if fast is not None:
+                if fast >= 0:
+                    return self._names[id(pairs[fast][0])]
+                continue
             xp = namespace(pairs[0][1])
             total = xp.sum(pairs[0][1])
             for _, g in pairs[1:]:

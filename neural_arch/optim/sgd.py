@@ -70,14 +70,25 @@ class SGD(Optimizer):
             )
 
     def _update_group(self, group: dict[str, Any], pairs: list[tuple[Any, Any]]) -> None:
-        if _fastpath.sgd_group(self.state, pairs, group):
-            return  # the same rule, fused (NumPy + numba, CuPy)
+        # Without momentum SGD keeps no state (as PyTorch); a throwaway record serves the rule.
+        if group["momentum"] != 0:
+            records = []
+            for p, _ in pairs:
+                record = self.state.get(p)
+                if record is None:
+                    record = self.state[p] = F.sgd_init(p.data)
+                records.append(record)
+        else:
+            records = [F.sgd_init(p.data) for p, _ in pairs]
+        # the fused kernels (NumPy + numba, CuPy) take what they can; the same rule does the rest
+        rest = _fastpath.sgd_group(pairs, records, group)
+        if not rest:
+            return
         hyper = {
             k: group[k]
             for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
         }
-        for p, g in pairs:
-            state = self.state.get(p)
-            if state is None:
-                state = F.sgd_init(p.data)
-            p.data, self.state[p] = F.sgd_step(p.data, g, state, **hyper, inplace=True)
+        for i in rest:
+            (p, g), record = pairs[i], records[i]
+            p.data, new = F.sgd_step(p.data, g, record, **hyper, inplace=True)
+            record.update(new)
