@@ -30,6 +30,7 @@ import numpy as np
 __all__ = [
     "BACKEND_NAMES",
     "backend_name",
+    "clamp",
     "device",
     "dtype_name",
     "float_errors_ignored",
@@ -233,6 +234,18 @@ def to_backend(
     if target_dtype is not None and out.dtype != target_dtype:
         out = xp.astype(out, target_dtype)
     return out
+
+
+def clamp(x: Any, bound: float) -> Any:
+    """``x`` with every element clamped to ``[-bound, bound]`` (NaN stays NaN), ``x``'s dtype.
+
+    ``xp.clip`` on NumPy goes through array-api-compat's generic version,
+    which is ~20x slower than ``np.clip`` on a transposed (F-ordered) array,
+    the layout of a ``Linear`` weight's gradient.
+    """
+    if isinstance(x, np.ndarray):
+        return np.clip(x, -bound, bound)
+    return namespace(x).clip(x, -bound, bound)
 
 
 def float_errors_ignored() -> Any:

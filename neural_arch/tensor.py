@@ -539,7 +539,7 @@ def _accumulate_leaf(leaf: Tensor, g: Any) -> None:
     else:
         new = leaf.grad + g
     if _grad_clip is not None:
-        new = xp.clip(new, -_grad_clip, _grad_clip)
+        new = backend.clamp(new, _grad_clip)
     leaf.grad = _array(new)
 
 
