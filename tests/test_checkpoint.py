@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,12 +143,14 @@ def test_tensor_leaves_load_as_arrays(tmp_path):
 
 def test_bfloat16_round_trip_in_torch(tmp_path):
     torch = pytest.importorskip("torch")
+    ml_dtypes = pytest.importorskip(
+        "ml_dtypes", reason="bfloat16 passes through NumPy, which needs ml_dtypes"
+    )
     path = tmp_path / "ck.safetensors"
     x = torch.tensor([1.5, -2.0, 3.140625], dtype=torch.bfloat16)
     na.save({"x": x}, path)
     y = na.load(path, backend="torch")["x"]
     assert y.dtype == torch.bfloat16 and torch.equal(x, y)
-    ml_dtypes = pytest.importorskip("ml_dtypes")
     host = na.load(path)["x"]
     assert host.dtype == ml_dtypes.bfloat16
     np.testing.assert_array_equal(host.astype(np.float32), [1.5, -2.0, 3.140625])
@@ -567,3 +570,12 @@ def test_doc_structure_example_is_what_save_writes(tmp_path):
     with safetensors.safe_open(str(path), framework="numpy") as f:
         written = json.loads(f.metadata()["structure"])
     assert written == json.loads(documented)
+
+
+def test_bfloat16_without_ml_dtypes_is_a_clear_error(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # import ml_dtypes -> ImportError
+    path = tmp_path / "ck.safetensors"
+    with pytest.raises(TypeError, match=r'obj\["x"\].*ml_dtypes'):
+        na.save({"x": torch.zeros(2, dtype=torch.bfloat16)}, path)
+    assert not path.exists()
