@@ -75,19 +75,60 @@ def _own(xp, param: Array, state: dict[str, Any], inplace: bool) -> tuple[Array,
     return (_copy(xp, param) if _writable(param) else param), copied
 
 
+def _scratch(buf: Array | None, like: Array) -> bool:
+    """Whether ``buf``, a temporary of this module's own, can hold an array like ``like``.
+
+    The standard has no ``out=``; a temporary that is no longer needed is reused
+    instead (``buf[...] = x`` then in-place operators), which saves allocating,
+    and faulting in, fresh memory for every operation.  Only a writable array of
+    ``like``'s shape and dtype qualifies, so the arithmetic is unchanged: the 0-d
+    NumPy scalars that 0-d arithmetic returns and immutable (JAX) arrays do not.
+    """
+    return (
+        buf is not None and _writable(buf) and buf.shape == like.shape and buf.dtype == like.dtype
+    )
+
+
+def _scaled(buf: Array | None, x: Array, c: float) -> Array:
+    """``x * c``, computed in ``buf`` when :func:`_scratch` allows (``buf`` may be ``x``)."""
+    if buf is x and _scratch(buf, x):
+        buf *= c
+        return buf
+    if _scratch(buf, x):
+        buf[...] = x
+        buf *= c
+        return buf
+    return x * c
+
+
+def _plus(t: Array, x: Array) -> Array:
+    """``x + t`` (the same IEEE sum as ``t + x``), in ``t`` when ``t`` is a temporary like it."""
+    if _scratch(t, x) or not _writable(t):  # not writable: ``+=`` rebinds to ``t + x``
+        t += x
+        return t
+    return x + t
+
+
 def _lerp_(xp, start: Array, end: Array, weight: float) -> Array:
     """``start + weight * (end - start)`` rounded as ``torch.lerp`` rounds it.
 
     Updates ``start`` in place when it is writable; returns the result.
     """
+    return _lerp_scratch(start, end, weight)[0]
+
+
+def _lerp_scratch(start: Array, end: Array, weight: float) -> tuple[Array, Array]:
+    """:func:`_lerp_`, and the temporary it used, free for the caller to reuse."""
     if abs(weight) < 0.5:
         delta = end - start
         delta *= weight
         start += delta  # in place, or a rebinding on immutable arrays
-        return start
+        return start, delta
     out = start - end
     out *= 1.0 - weight
-    return _assign(start, end + out)
+    out = _plus(out, end)  # end + out
+    result = _assign(start, out)
+    return result, (None if result is out else out)
 
 
 # --------------------------------------------------------------------------- SGD
@@ -129,18 +170,28 @@ def sgd_step(
     xp = namespace(param)
     param, new_state = _own(xp, param, state, inplace)
     g = -grad if maximize else grad
+    own = maximize  # whether g is a temporary of our own, free once its value is used
     if weight_decay != 0:
-        g = g + weight_decay * param
+        g, own = _plus(param * weight_decay, g), True  # g + weight_decay * p
+    spare = None  # another temporary of our own, free for reuse
     if momentum != 0:
         buf = new_state.get("momentum_buffer")
         if buf is None:
             buf = _copy(xp, g)
         else:
             buf *= momentum  # in place, or a rebinding on immutable arrays
-            buf += (1.0 - dampening) * g
+            if dampening == 0:
+                buf += g  # (1 - 0) * g is g, exactly
+            else:  # in g itself when nesterov does not need g again
+                spare = _scaled(g if own and not nesterov else None, g, 1.0 - dampening)
+                buf += spare
         new_state["momentum_buffer"] = buf
-        g = g + momentum * buf if nesterov else buf
-    param += -lr * g  # in place, or a rebinding on immutable arrays
+        if nesterov:
+            g, own = _plus(_scaled(spare, buf, momentum), g), True  # g + momentum * b
+        else:
+            spare = g if own else spare
+            g, own = buf, False
+    param += _scaled(g if own else spare, g, -lr)  # in place, or a rebinding (immutable)
     return param, new_state
 
 
@@ -201,10 +252,10 @@ def adam_step(
         if decoupled_weight_decay:
             param *= 1.0 - lr * weight_decay
         else:
-            g = g + weight_decay * param
-    m = _lerp_(xp, m, g, 1.0 - beta1)
+            g = _plus(param * weight_decay, g)  # g + weight_decay * p
+    m, tmp = _lerp_scratch(m, g, 1.0 - beta1)
     v *= beta2
-    sq = g * (1.0 - beta2)
+    sq = _scaled(tmp, g, 1.0 - beta2)
     sq *= g
     v += sq
     bias_correction1 = 1.0 - beta1**step
@@ -218,7 +269,7 @@ def adam_step(
         denom = xp.sqrt(v)
     denom /= bias_correction2_sqrt
     denom += eps
-    update = m * (-lr / bias_correction1)
+    update = _scaled(sq, m, -lr / bias_correction1)
     update /= denom
     param += update
     return param, new_state
