@@ -24,6 +24,8 @@ from neural_arch.optim import _fastpath
 def kernels():
     """The numba kernels (tests of the NumPy fast path skip without numba)."""
     pytest.importorskip("numba", reason="the NumPy fast path needs numba (neural_arch[fast])")
+    if not _fastpath.enabled():
+        pytest.skip("the fast path is switched off (NEURAL_ARCH_FASTPATH=0)")
     assert _fastpath._kernels(), "numba imports but the kernels do not"
 
 
