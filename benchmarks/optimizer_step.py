@@ -16,24 +16,19 @@ parameters, gradients and state (tracemalloc, which sees NumPy's allocations).
 
 Rows: ``ours`` is the default path (the fused kernels when numba is
 installed), ``ours, nonfinite=ignore`` the same without the gradient check,
-``ours, generic`` the reference array-API rule with the fast path turned off;
-``ours, fast check (proposed)`` (shown while the base class does not use it)
-checks the gradients with the compiled check of ``_fastpath.first_nonfinite``
-instead of a sum per gradient.
+``ours, generic`` the reference array-API rule with the fast path turned off.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import os
 import platform
 import statistics
 import sys
 import time
 import tracemalloc
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +42,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import neural_arch as na  # noqa: E402
-from neural_arch.optim import Optimizer, _fastpath  # noqa: E402
+from neural_arch.optim import _fastpath  # noqa: E402
 
 try:
     import torch
@@ -111,23 +106,6 @@ def bandwidth_gbs(xp: Any, sync: Callable[[], Any], rounds: int) -> float:
     return 12 * n / (statistics.median(times) * 1e-3) / 1e9
 
 
-def proposed_first_nonfinite(self, work):
-    """Optimizer._first_nonfinite with the fast check the lead was asked to adopt."""
-    for _, pairs in work:
-        bad = _fastpath.first_nonfinite(pairs)
-        if bad is None:
-            bad_name = Optimizer._first_nonfinite(self, [(None, pairs)])
-            if bad_name is not None:
-                return bad_name
-        elif bad >= 0:
-            return self._names[id(pairs[bad][0])]
-    return None
-
-
-def _base_uses_fast_check() -> bool:
-    return "_fastpath" in inspect.getsource(Optimizer._first_nonfinite)
-
-
 def make_params(xp: Any, shapes: list, seed: int = 0) -> list[Param]:
     rng = np.random.default_rng(seed)
     return [
@@ -184,19 +162,15 @@ def bench_workload(args, xp, sync, name, shapes, threads, gbs) -> list[list]:
                 del tp, topt
         fused = statistics.median(results[-1][1]) if results else None
         variants = [
-            ("ours", True, "raise", False),
-            ("ours, nonfinite=ignore", True, "ignore", False),
-            ("ours, generic", False, "raise", False),
+            ("ours", True, "raise"),
+            ("ours, nonfinite=ignore", True, "ignore"),
+            ("ours, generic", False, "raise"),
         ]
-        if args.backend == "numpy" and not _base_uses_fast_check():
-            variants.insert(1, ("ours, fast check (proposed)", True, "raise", True))
-        for label, fast, nonfinite, proposed in variants:
+        for label, fast, nonfinite in variants:
             _fastpath.set_enabled(fast)
             _fastpath.set_num_threads(threads)
             params = make_params(xp, shapes)
             opt = cls(params, lr=1e-3, **kw, nonfinite=nonfinite)
-            if proposed:
-                opt._first_nonfinite = types.MethodType(proposed_first_nonfinite, opt)
             times = timeit(opt.step, sync, args.warmup, rounds)
             peak = peak_alloc_mb(opt.step) if args.backend == "numpy" else ""
             results.append((label, times, peak))
