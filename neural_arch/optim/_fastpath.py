@@ -184,6 +184,18 @@ def _run_parallel(kernel: Any, args: tuple) -> None:
 # ----------------------------------------------------------------- nonfinite
 
 
+def _launch(serial: Any, threaded: Any, args: tuple, size: int) -> bool:
+    """Run a kernel (the threaded one for large parameters); False if it cannot run."""
+    try:
+        if threaded is not None and size >= PARALLEL_MIN_SIZE:
+            _run_parallel(threaded, args)
+        else:
+            serial(*args)
+    except Exception:  # no kernel for these types (compiling failed): the generic rule
+        return False
+    return True
+
+
 def first_nonfinite(pairs: list[tuple[Any, Any]]) -> int | None:
     """Index of the first pair whose gradient holds NaN or ±inf, -1 if none, None if not handled.
 
@@ -285,13 +297,7 @@ def adam_group(
         if t is _ndarray:
             g = _c_order(g)
         arrays = (x, g, m, v, vmax) if x.ndim == 1 else _flat(x, g, m, v, vmax)
-        args = (*arrays, *options, *scalars)
-        try:
-            if threaded is not None and x.size >= PARALLEL_MIN_SIZE:
-                _run_parallel(threaded, args)
-            else:
-                serial(*args)
-        except Exception:  # no kernel for these types (compiling failed): the generic rule
+        if not _launch(serial, threaded, (*arrays, *options, *scalars), x.size):
             rest.append(i)
             continue
         record["step"] = step
@@ -337,13 +343,7 @@ def sgd_group(
         if t is _ndarray:
             g = _c_order(g)
         arrays = (x, g, buf) if x.ndim == 1 else _flat(x, g, buf)
-        args = (*arrays, *options[first])
-        try:
-            if threaded is not None and x.size >= PARALLEL_MIN_SIZE:
-                _run_parallel(threaded, args)
-            else:
-                serial(*args)
-        except Exception:  # no kernel for these types (compiling failed): the generic rule
+        if not _launch(serial, threaded, (*arrays, *options[first]), x.size):
             rest.append(i)
             continue
         if first:
