@@ -82,12 +82,8 @@ def backend_name(xp_or_array: Any) -> str:
     name = xp.__name__
     if name.startswith("array_api_compat."):
         name = name.split(".")[1]
-    if name == "jax.numpy":
-        return "jax"
-    if name not in BACKEND_NAMES:
-        # Any other standard-conforming library is accepted under its own name.
-        return name
-    return name
+    # jax.numpy is "jax"; any other standard-conforming library keeps its module name
+    return "jax" if name == "jax.numpy" else name
 
 
 def resolve_backend(backend: str | ModuleType) -> ModuleType:
@@ -217,20 +213,17 @@ def to_backend(
     xp = resolve_backend(backend)
     target_dtype = None if dtype is None else resolve_dtype(xp, dtype)
     if array_api_compat.is_array_api_obj(x) and namespace(x) is xp:
-        out = x
+        out, fresh = x, False  # fresh: ``out`` is already a new array
         if device is not None and array_api_compat.device(x) != device:
-            out = array_api_compat.to_device(x, device)
-            copy = False if copy else copy
+            out, fresh = array_api_compat.to_device(x, device), True
         if target_dtype is not None and out.dtype != target_dtype:
-            out = xp.astype(out, target_dtype)
-            copy = False if copy else copy
-        return xp.asarray(out, copy=True) if copy else out
+            out, fresh = xp.astype(out, target_dtype), True
+        return xp.asarray(out, copy=True) if copy and not fresh else out
     host = to_numpy(x)
     if host.dtype == np.dtype("O"):
         raise TypeError(f"cannot convert {type(x).__name__} to an array")
-    out = xp.asarray(host, device=device, copy=copy) if device is not None else None
-    if out is None:
-        out = xp.asarray(host, copy=copy)
+    placement = {} if device is None else {"device": device}
+    out = xp.asarray(host, copy=copy, **placement)
     if target_dtype is not None and out.dtype != target_dtype:
         out = xp.astype(out, target_dtype)
     return out
