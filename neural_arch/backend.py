@@ -36,6 +36,7 @@ __all__ = [
     "float_errors_ignored",
     "get_default_backend",
     "get_default_dtype",
+    "is_immutable",
     "manual_seed",
     "namespace",
     "resolve_backend",
@@ -70,6 +71,15 @@ def namespace(*arrays: Any) -> ModuleType:
 def device(x: Any) -> Any:
     """The device an array lives on, in its own library's terms."""
     return array_api_compat.device(x)
+
+
+def is_immutable(x: Any) -> bool:
+    """Whether ``x`` belongs to a library whose arrays are never written (JAX).
+
+    Such arrays are updated by rebinding, not in place; a read-only NumPy
+    array is not immutable in this sense (writing to it is an error).
+    """
+    return array_api_compat.is_jax_array(x)
 
 
 def backend_name(xp_or_array: Any) -> str:

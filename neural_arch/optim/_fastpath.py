@@ -1,20 +1,27 @@
-"""Fast paths: the same update rules, fused into one compiled pass per parameter.
+"""Fast paths: a rule's program compiled for one library, one call per group.
 
-The generic rules in :mod:`.functional` are the reference.  When a group's
-arrays qualify, the optimizers hand the group to this module instead, which
-runs the same arithmetic in the same order in one memory pass per parameter:
+The generic engine (:func:`._engine.run_generic`) is the reference.  Where a
+group's arrays qualify, the optimizer hands a program and the group's
+parameters to :func:`run`, which performs the same arithmetic in one memory
+pass:
 
-* NumPy arrays and numba installed (``pip install neural_arch[fast]``):
-  the kernels of :mod:`._numba`;
-* CuPy arrays (CuPy installed, a CUDA device): the kernels of :mod:`._cupy`.
+* NumPy arrays with numba installed (``pip install neural_arch[fast]``): the
+  kernel generated from the rule (:func:`._engine.numba_source`) walks a
+  table of data pointers, so a group of 200 small parameters is one compiled
+  call.  The table is cached while the arrays keep their identity; only a
+  new gradient's address is read again.  Gradients that are not
+  C-contiguous (a transposed matrix product) are copied to a reused buffer.
+* CuPy arrays (CuPy installed, a CUDA device): the ``ElementwiseKernel``
+  generated from the rule (:func:`._engine.cupy_source`), one launch per
+  parameter (a launch is asynchronous; the arrays stay where they are).
 
-Each entry point returns False when it does not take the group (numba or
-CuPy missing, the group's first parameter not a float32/float64 array of that
-library); the caller then runs the generic rule.  Within a group it takes,
-a parameter whose arrays do not qualify (another dtype or library, a gradient
-of another dtype, a non-contiguous or read-only parameter or state array)
-goes through the generic rule, one parameter at a time: parameters are independent and both
-paths give the same bits, so the choice is silent and only the speed differs.
+:func:`run` returns the parameters it did not take (another library or
+dtype, a mixed-dtype gradient, a strided or read-only parameter or state
+array); the optimizer runs the generic engine on those.  Parameters are
+independent and every engine gives the same bits, so the choice shows only
+in the speed.  A kernel that fails to compile is reported once, with a
+RuntimeWarning, and its program is left to the generic engine from then on;
+any other error propagates.
 
 The state records are the generic path's (same keys, ``step`` an int, arrays
 of the parameter's shape and dtype), so a checkpoint, ``opt.m``/``opt.v``
@@ -24,35 +31,34 @@ and a switch between the paths mid-training all see one layout.
 from __future__ import annotations
 
 import importlib
+import operator
 import os
 import threading
+import warnings
+import weakref
 from typing import Any
 
 # The fast paths exist for specific array libraries, so this module, unlike
-# the generic rules, names NumPy itself.
+# the engines, names NumPy itself.
 import numpy as np
 
-__all__ = [
-    "adam_group",
-    "enabled",
-    "first_nonfinite",
-    "set_enabled",
-    "set_num_threads",
-    "sgd_group",
-]
+from . import _engine
+from ._rule import Program
+
+__all__ = ["enabled", "first_nonfinite", "run", "set_enabled", "set_num_threads"]
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _ndarray = np.ndarray
 
-#: Below this many elements a parameter is updated by one thread even when
+#: Below this many elements in a group, one thread does the update even when
 #: more are allowed: waking threads costs more than the work.
 PARALLEL_MIN_SIZE = 1 << 20
 
 _enabled = os.environ.get("NEURAL_ARCH_FASTPATH", "1") not in ("0", "false", "off", "")
 _num_threads = 1
 _parallel_lock = threading.Lock()  # numba's default threading layer is not re-entrant
-_scratch = threading.local()  # dtype -> a reused buffer for non-contiguous gradients
-_loaded: dict[str, Any] = {}  # kernels modules once imported, False when unavailable
+_loaded: dict[str, Any] = {}  # library support modules once imported, False when unavailable
+_kernels: dict[tuple, Any] = {}  # (program, library) -> compiled kernels, False when broken
 
 
 def enabled() -> bool:
@@ -71,11 +77,11 @@ def set_enabled(flag: bool) -> bool:
 
 
 def set_num_threads(n: int) -> int:
-    """Let the NumPy fast path split large parameters over ``n`` threads; returns the old value.
+    """Let the NumPy fast path split a group over ``n`` threads; returns the old value.
 
     The default is 1.  Results do not depend on ``n`` (the update is
-    elementwise); only parameters of at least :data:`PARALLEL_MIN_SIZE`
-    elements are split, and ``n`` is capped by numba's thread count.
+    elementwise); only groups of at least :data:`PARALLEL_MIN_SIZE` elements
+    are split, and ``n`` is capped by numba's thread count.
     """
     global _num_threads
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -85,267 +91,342 @@ def set_num_threads(n: int) -> int:
 
 
 def _load(name: str) -> Any:
-    """Kernels module ``name`` (_numba or _cupy), imported on first use; False if unavailable."""
-    kernels = _loaded.get(name)
-    if kernels is None:
+    """Support module ``name`` (_numba, or cupy itself), imported on first use; False if absent."""
+    module = _loaded.get(name)
+    if module is None:
         try:
-            kernels = importlib.import_module(f"{__package__}.{name}")
-        except Exception:  # numba or CuPy missing or broken here: the generic path does the work
-            kernels = False
-        _loaded[name] = kernels
-    return kernels
+            module = importlib.import_module(name if name == "cupy" else f"{__package__}.{name}")
+        except ImportError:  # numba or CuPy missing here: the generic engine does the work
+            module = False
+        _loaded[name] = module
+    return module
 
 
-def _kernels() -> Any:
-    """The numba kernels, or False when numba is unavailable."""
+def _numba() -> Any:
+    """:mod:`._numba`, or False when numba is not installed."""
     return _load("_numba")
 
 
-def _library(x: Any) -> tuple[type, Any] | None:
-    """(array type, kernels module) when ``x`` is a float32/float64 array a fast path serves."""
-    t = type(x)
+def _broken(program: Program, library: str, error: BaseException) -> None:
+    _kernels[program, library] = False
+    warnings.warn(
+        f"neural_arch: the {library} kernel of rule {program.name} failed to compile "
+        f"({type(error).__name__}: {error}); this rule now runs on the generic engine, "
+        "which gives the same results more slowly",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def _grad_info(cache: dict, g: Any) -> tuple | None:
+    """``(weakref, address, kind)`` of a NumPy float gradient, kind "C", "F" or "X" (strided).
+
+    Cached by identity in ``cache`` (one dict per parameter group), so that a
+    gradient's address is read once, by the finiteness check or the update,
+    whichever sees it first.
+    """
+    entry = cache.get(id(g))
+    if entry is not None and entry[0]() is g:
+        return entry
+    if type(g) is not _ndarray or g.dtype not in (_F32, _F64):
+        return None
+    flags = g.flags
+    kind = "C" if flags.c_contiguous else "F" if flags.f_contiguous else "X"
+    entry = (weakref.ref(g), g.__array_interface__["data"][0], kind)
+    cache[id(g)] = entry
+    return entry
+
+
+def first_nonfinite(pairs: list[tuple[Any, Any]], cache: dict | None = None) -> int | None:
+    """Index of the first pair whose gradient holds NaN or ±inf, -1 if none, None if not handled.
+
+    One compiled call reads every gradient of the group once, comparing
+    exponent bits as integers.  Handled when every gradient is a C- or
+    F-contiguous NumPy float32/float64 array of one dtype.
+    """
+    if not _enabled or not pairs or type(pairs[0][1]) is not _ndarray:
+        return None
+    kernels = _numba()
+    if not kernels:
+        return None
+    grads: dict = {} if cache is None else cache.setdefault("grads", {})
+    fresh: dict = {}
+    dtype = pairs[0][1].dtype
+    addresses, sizes = [], []
+    for _, g in pairs:
+        info = _grad_info(grads, g)
+        if info is None or info[2] == "X" or g.dtype != dtype:
+            return None
+        fresh[id(g)] = info
+        addresses.append(info[1])
+        sizes.append(g.size)
+    if cache is not None:
+        cache["grads"] = fresh  # forget gradients of earlier steps
+    uint, mask = kernels.EXPONENT_MASKS[dtype]
+    return int(
+        kernels.first_nonfinite(
+            np.array(addresses, np.int64), np.array(sizes, np.int64), np.full(1, mask, uint)
+        )
+    )
+
+
+# ------------------------------------------------------------------- update
+
+
+def run(
+    program: Program,
+    items: list[tuple[Any, Any, dict]],
+    scalars: dict[str, float],
+    cache: dict,
+) -> list[int]:
+    """Apply ``program`` to the ``(param, grad, record)`` items the kernels take; return the rest.
+
+    ``scalars`` are the program's per-step scalars (Python floats); state the
+    program creates is stored into the records.  ``cache`` is a dict the
+    optimizer keeps per parameter group.
+    """
+    if not _enabled or not items:
+        return list(range(len(items)))
+    x0 = items[0][0].data
+    t = type(x0)
     if t is _ndarray:
-        kernels = _load("_numba")
+        if x0.dtype in (_F32, _F64) and _numba():
+            return _run_numba(program, items, scalars, cache, x0.dtype)
     elif t.__module__.partition(".")[0] == "cupy":  # named, not imported: CuPy may be absent
-        kernels = _load("_cupy")
-    else:
-        return None
-    if not kernels or x.dtype not in (_F32, _F64):
-        return None
-    return t, kernels
+        if x0.dtype in (_F32, _F64) and _load("cupy"):
+            return _run_cupy(program, items, scalars)
+    return list(range(len(items)))
 
 
-def _float_dtype(x: Any) -> Any:
-    """The dtype of ``x`` if it is a NumPy float32/float64 array, else None."""
-    if type(x) is not _ndarray:
-        return None
-    dt = x.dtype
-    return dt if dt is _F32 or dt is _F64 or dt in (_F32, _F64) else None
+def _numba_kernels(program: Program) -> Any:
+    key = (program, "numba")
+    kernels = _kernels.get(key)
+    if kernels is None:
+        kernels = _kernels[key] = _numba().load_kernels(_engine.numba_source(program))
+    return kernels
 
 
-def _fits(a: Any, t: type, dt: Any, shape: tuple) -> bool:
-    """``a`` is a writable C-contiguous array of type ``t``, dtype ``dt`` and ``shape``."""
-    if type(a) is not t or not (a.dtype is dt or a.dtype == dt) or a.shape != shape:
+class _Table:
+    """A group's pointer table for one program and dtype, valid while its arrays are the same.
+
+    ``rows[r, j]`` is the address of array ``program.arrays[j]`` of the
+    parameter ``taken[r]``; the gradient column is filled in per step (it
+    changes whenever a new gradient arrives).  ``objects`` are the arrays
+    the table points at, compared by identity before it is used again.
+    """
+
+    def __init__(self) -> None:
+        self.objects: list[Any] = []
+        self.taken: list[int] = []
+        self.rest: list[int] = []
+        self.rows = np.zeros((0, 0), np.int64)
+        self.sizes = np.zeros(0, np.int64)
+        self.shapes: list[tuple] = []
+        self.created: list[dict[str, Any]] = []
+        self.grad_refs: list[Any] | None = None
+        self.grad_ok = np.zeros(0, bool)
+        self.copies: list[tuple[Any, Any]] = []  # (C-ordered scratch view, gradient) per step
+        self.scratch = np.zeros(0)
+
+
+def _fits(a: Any, dt: Any, shape: tuple, write: bool = True) -> bool:
+    """``a`` is a C-contiguous NumPy array of dtype ``dt`` and ``shape`` (writable if ``write``)."""
+    if type(a) is not _ndarray or a.dtype != dt or a.shape != shape:
         return False
     flags = a.flags
-    return flags.c_contiguous and (t is not _ndarray or flags.writeable)  # CuPy: always
+    return flags.c_contiguous and (flags.writeable or not write)
 
 
-def _fits_pair(x: Any, g: Any, t: type) -> Any:
-    """The dtype of parameter ``x`` if ``x`` and its gradient ``g`` can go through a kernel."""
-    if type(x) is not t or type(g) is not t or g is x:
-        return None
-    dt = x.dtype
-    if not (dt is _F32 or dt is _F64 or dt in (_F32, _F64)):
-        return None
-    if not (g.dtype is dt or g.dtype == dt) or g.shape != x.shape:
-        return None
-    return dt if _fits(x, t, dt, x.shape) else None
+def _run_numba(program, items, scalars, cache, dt) -> list[int]:
+    kernels = _numba_kernels(program)
+    if kernels is False:
+        return list(range(len(items)))
+    states = [k for k in program.arrays if k not in ("param", "grad")]
+    created = [k for k in states if k not in program.inputs]  # written only: new state
+    objects: list[Any] = []
+    add = objects.append
+    for p, _, record in items:
+        add(p.data)
+        for k in states:
+            add(record.get(k))
+    key = (program, dt)
+    table = cache.get(key)
+    if (
+        table is None
+        or created
+        or len(table.objects) != len(objects)
+        or not all(map(operator.is_, table.objects, objects))
+    ):
+        table = _build_table(program, items, dt, objects, states, created)
+        if not created:  # a table pointing at fresh state arrays serves one step only
+            cache[key] = table
+    grads = [items[i][1] for i in table.taken]
+    refs = table.grad_refs
+    if refs is None or not all(r() is g for r, g in zip(refs, grads, strict=True)):
+        _point_at_grads(program, table, grads, cache.setdefault("grads", {}), dt)
+    for view, g in table.copies:
+        np.copyto(view, g)
+    rows, sizes, rest = table.rows, table.sizes, table.rest
+    if not table.grad_ok.all():  # a gradient the kernel cannot read: its parameter goes generic
+        ok = table.grad_ok
+        rows, sizes = rows[ok], sizes[ok]
+        rest = sorted(rest + [i for i, good in zip(table.taken, ok, strict=True) if not good])
+    if len(sizes):
+        cast = dt.type
+        args = [cast(scalars[name]) for name in program.scalars]
+        like = np.empty(0, dt)
+        threads = _num_threads
+        if threads > 1 and int(sizes.sum()) >= PARALLEL_MIN_SIZE:
+            rows, sizes = _split(rows, sizes, threads, dt.itemsize)
+            if not _call(program, kernels.threaded, (rows, sizes, like, *args), parallel=True):
+                return list(range(len(items)))
+        elif not _call(program, kernels.serial, (rows, sizes, like, *args)):
+            return list(range(len(items)))
+    if created:
+        for i, arrays, good in zip(table.taken, table.created, table.grad_ok, strict=True):
+            if good:
+                items[i][2].update(arrays)
+    return rest
 
 
-def _c_order(g: Any) -> Any:
-    """``g`` if C-contiguous, else its copy into this thread's reused scratch buffer.
-
-    Gradients of matrix products often come out transposed (F order); the
-    kernels walk p, g, m, v in one order, so such a gradient is copied first
-    (one extra read and write of g; no new memory after the first step).
-    CuPy's kernels take any strides, so only NumPy arrays get here.
-    """
-    if g.flags.c_contiguous:
-        return g
-    buffers = _scratch.__dict__
-    buf = buffers.get(g.dtype)
-    if buf is None or buf.size < g.size:
-        buf = buffers[g.dtype] = np.empty(g.size, g.dtype)  # grows to the largest gradient
-    out = buf[: g.size].reshape(g.shape)
-    np.copyto(out, g)
-    return out
-
-
-def _flat(*arrays: Any) -> tuple:
-    """1-d views of C-contiguous arrays (None stays None): the kernels' one ndim."""
-    return tuple(None if a is None else a.reshape(-1) for a in arrays)
-
-
-def _pick(kernels: Any, name: str) -> tuple[Any, Any]:
-    """(serial kernel, threaded kernel or None) for kernel ``name``."""
-    threaded = getattr(kernels, name + "_par") if _num_threads > 1 else None
-    return getattr(kernels, name), threaded
-
-
-def _run_parallel(kernel: Any, args: tuple) -> None:
-    import numba
-
-    with _parallel_lock:
-        numba.set_num_threads(min(_num_threads, numba.config.NUMBA_NUM_THREADS))
-        kernel(*args)
-
-
-# ----------------------------------------------------------------- nonfinite
-
-
-def _launch(serial: Any, threaded: Any, args: tuple, size: int) -> bool:
-    """Run a kernel (the threaded one for large parameters); False if it cannot run."""
+def _call(program: Program, kernel: Any, args: tuple, parallel: bool = False) -> bool:
+    """Run a numba kernel; False (once warned) when it does not compile."""
     try:
-        if threaded is not None and size >= PARALLEL_MIN_SIZE:
-            _run_parallel(threaded, args)
+        if parallel:
+            import numba
+
+            with _parallel_lock:
+                numba.set_num_threads(min(_num_threads, numba.config.NUMBA_NUM_THREADS))
+                kernel(*args)
         else:
-            serial(*args)
-    except Exception:  # no kernel for these types (compiling failed): the generic rule
+            kernel(*args)
+    except _numba().NumbaError as error:
+        _broken(program, "numba", error)
         return False
     return True
 
 
-def first_nonfinite(pairs: list[tuple[Any, Any]]) -> int | None:
-    """Index of the first pair whose gradient holds NaN or ±inf, -1 if none, None if not handled.
-
-    One read of every gradient, one compiled call per gradient, and no float
-    reduction (the exponent bits are compared as integers).  Handled when
-    every gradient is a C- or F-contiguous NumPy float32/float64 array.
-    """
-    if not _enabled or not pairs or _float_dtype(pairs[0][1]) is None:
-        return None
-    kernels = _kernels()
-    if not kernels:
-        return None
-    checks = kernels.HAS_NONFINITE
-    calls = []
-    for _, g in pairs:
-        check = checks.get(g.dtype) if type(g) is _ndarray else None
-        if check is None:
-            return None
-        flags = g.flags
-        if flags.c_contiguous:
-            calls.append((check, g if g.ndim == 1 else g.reshape(-1)))
-        elif flags.f_contiguous:  # a transposed gradient: the order does not matter here
-            calls.append((check, g.T.reshape(-1)))
-        else:
-            return None
-    for i, ((kernel, mask), flat) in enumerate(calls):
-        if kernel(flat, mask):
-            return i
-    return -1
-
-
-# ---------------------------------------------------------------------- Adam
-
-
-def adam_group(
-    pairs: list[tuple[Any, Any]],
-    records: list[dict[str, Any]],
-    hyper: dict[str, Any],
-    *,
-    decoupled: bool,
-) -> list[int]:
-    """Apply :func:`.functional.adam_step` to the pairs the kernels take; return the others.
-
-    ``records`` are the pairs' state records (made by the optimizer, as for
-    the generic rule) and are updated in place; ``hyper`` is the parameter
-    group (``lr``, ``betas``, ``eps``, ``weight_decay``, ``amsgrad``,
-    ``maximize``).  Returns the indices of the pairs left to the generic rule:
-    all of them unless numba (or CuPy) is available and the first parameter
-    qualifies; then only those whose arrays do not (each parameter is
-    independent, so the split does not change the result).
-    """
-    library = _library(pairs[0][0].data) if _enabled and pairs else None
-    if library is None:
-        return list(range(len(pairs)))
-    t, kernels = library
-    serial, threaded = _pick(kernels, "adam_kernel")
-    lr, (beta1, beta2), eps, wd = hyper["lr"], hyper["betas"], hyper["eps"], hyper["weight_decay"]
-    amsgrad = bool(hyper["amsgrad"])
-    w = 1.0 - beta1
-    by_dtype: dict[Any, tuple] = {}
-    by_step: dict[tuple, tuple] = {}
-    rest = []
-    for i, ((p, g), record) in enumerate(zip(pairs, records, strict=True)):
+def _build_table(program, items, dt, objects, states, created) -> _Table:
+    table = _Table()
+    cols = program.arrays
+    written = {k for k, _ in program.outputs}
+    rows, sizes = [], []
+    for i, (p, _, record) in enumerate(items):
         x = p.data
-        dt = _fits_pair(x, g, t)
-        m, v = record.get("exp_avg"), record.get("exp_avg_sq")
-        vmax = record.get("max_exp_avg_sq") if amsgrad else None
         shape = x.shape
-        if (
-            dt is None
-            or not (_fits(m, t, dt, shape) and _fits(v, t, dt, shape))
-            or (amsgrad and not _fits(vmax, t, dt, shape))
+        arrays = {"param": x}
+        ok = _fits(x, dt, shape) and x.size > 0
+        for k in states:
+            a = np.empty_like(x) if k in created else record.get(k)
+            ok = ok and _fits(a, dt, shape, write=k in written)
+            arrays[k] = a
+        if not ok:
+            table.rest.append(i)
+            continue
+        table.taken.append(i)
+        table.shapes.append(shape)
+        table.created.append({k: arrays[k] for k in created})
+        rows.append([0 if k == "grad" else arrays[k].__array_interface__["data"][0] for k in cols])
+        sizes.append(x.size)
+    table.objects = objects
+    table.rows = np.array(rows, np.int64).reshape(len(rows), len(cols))
+    table.sizes = np.array(sizes, np.int64)
+    table.grad_ok = np.ones(len(rows), bool)
+    return table
+
+
+def _point_at_grads(program: Program, table: _Table, grads: list, infos: dict, dt: Any) -> None:
+    """Fill the table's gradient column (C-ordered copies for the other layouts)."""
+    column = program.arrays.index("grad")
+    items = table.taken
+    ok = np.ones(len(items), bool)
+    need = 0
+    for r, g in enumerate(grads):
+        info = _grad_info(infos, g)
+        shape_ok = info is not None and g.dtype == dt and g.shape == table.shapes[r]
+        if not shape_ok:
+            ok[r] = False
+        elif info[2] != "C":
+            need += g.size
+    if table.scratch.dtype != dt or table.scratch.size < need:
+        table.scratch = np.empty(need, dt)
+    table.copies = []
+    offset = 0
+    for r, g in enumerate(grads):
+        if not ok[r]:
+            table.rows[r, column] = 0
+            continue
+        info = infos[id(g)]
+        if info[2] == "C":
+            table.rows[r, column] = info[1]
+        else:
+            view = table.scratch[offset : offset + g.size].reshape(g.shape)
+            offset += g.size
+            table.copies.append((view, g))
+            table.rows[r, column] = view.__array_interface__["data"][0]
+    table.grad_ok = ok
+    table.grad_refs = [weakref.ref(g) for g in grads]
+
+
+def _split(rows: Any, sizes: Any, threads: int, itemsize: int) -> tuple[Any, Any]:
+    """The table cut into about ``4 * threads`` segments of equal size, for numba's threads."""
+    target = max(1, -(-int(sizes.sum()) // (4 * threads)))
+    pieces = -(-sizes // target)  # segments per row
+    row_of = np.repeat(np.arange(len(sizes)), pieces)
+    first = np.cumsum(pieces) - pieces
+    k = np.arange(len(row_of)) - first[row_of]  # the segment's position within its row
+    start = k * target
+    seg = np.minimum(sizes[row_of] - start, target)
+    return rows[row_of] + (start * itemsize)[:, None], seg.astype(np.int64)
+
+
+# --------------------------------------------------------------------- CuPy
+
+
+def _cupy_kernel(program: Program) -> Any:
+    key = (program, "cupy")
+    kernel = _kernels.get(key)
+    if kernel is None:
+        cupy = _load("cupy")
+        ins, outs, body, name = _engine.cupy_source(program)
+        kernel = cupy.ElementwiseKernel(ins, outs, body, name, options=("--fmad=false",))
+        _kernels[key] = kernel
+    return kernel
+
+
+def _run_cupy(program: Program, items: list, scalars: dict[str, float]) -> list[int]:
+    """One ElementwiseKernel launch per parameter (asynchronous; no host synchronisation)."""
+    cupy = _load("cupy")
+    kernel = _cupy_kernel(program)
+    if kernel is False:
+        return list(range(len(items)))
+    written = [k for k, _ in program.outputs]
+    read_only = [k for k in program.inputs if k not in written]
+    out_names = [k for k in program.arrays if k in written]
+    created = [k for k in program.arrays if k not in program.inputs]
+    rest = []
+    for i, (p, g, record) in enumerate(items):
+        x = p.data
+        arrays = {"param": x, "grad": g}
+        for k in program.arrays:
+            if k not in arrays:
+                arrays[k] = cupy.empty_like(x) if k in created else record.get(k)
+        if not all(
+            type(a) is type(x) and a.dtype == x.dtype and a.shape == x.shape
+            for a in arrays.values()
         ):
             rest.append(i)
             continue
-        options = by_dtype.get(dt)
-        if options is None:
-            # None switches an option off (see _numba); values are rounded to the dtype,
-            # as NumPy rounds a Python float that meets an array
-            cast = dt.type
-            options = (
-                True if hyper["maximize"] else None,
-                cast(1.0 - lr * wd) if wd != 0 and decoupled else None,
-                cast(wd) if wd != 0 and not decoupled else None,
-                cast(w) if abs(w) < 0.5 else None,
-                None if abs(w) < 0.5 else cast(1.0 - w),
-                cast(beta2),
-                cast(1.0 - beta2),
-            )
-            by_dtype[dt] = options
-        step = record["step"] + 1
-        scalars = by_step.get((dt, step))
-        if scalars is None:
-            cast = dt.type
-            bias_correction1 = 1.0 - beta1**step
-            bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
-            scalars = (cast(bias_correction2_sqrt), cast(eps), cast(-lr / bias_correction1))
-            by_step[dt, step] = scalars
-        if t is _ndarray:
-            g = _c_order(g)
-        arrays = (x, g, m, v, vmax) if x.ndim == 1 else _flat(x, g, m, v, vmax)
-        if not _launch(serial, threaded, (*arrays, *options, *scalars), x.size):
-            rest.append(i)
-            continue
-        record["step"] = step
-    return rest
-
-
-# ----------------------------------------------------------------------- SGD
-
-
-def sgd_group(
-    pairs: list[tuple[Any, Any]], records: list[dict[str, Any]], hyper: dict[str, Any]
-) -> list[int]:
-    """Apply :func:`.functional.sgd_step` to the pairs the kernels take; return the others.
-
-    As :func:`adam_group`; ``hyper`` holds ``lr``, ``momentum``, ``dampening``,
-    ``weight_decay``, ``nesterov``, ``maximize``.
-    """
-    library = _library(pairs[0][0].data) if _enabled and pairs else None
-    if library is None:
-        return list(range(len(pairs)))
-    t, kernels = library
-    serial, threaded = _pick(kernels, "sgd_kernel")
-    momentum, wd = hyper["momentum"], hyper["weight_decay"]
-    by_dtype: dict[Any, tuple] = {}
-    rest = []
-    for i, ((p, g), record) in enumerate(zip(pairs, records, strict=True)):
-        x = p.data
-        dt = _fits_pair(x, g, t)
-        buf = record.get("momentum_buffer") if momentum != 0 else None
-        first = momentum != 0 and buf is None
-        if dt is None or not (buf is None or _fits(buf, t, dt, x.shape)):
-            rest.append(i)
-            continue
-        options = by_dtype.get(dt)
-        if options is None:
-            cast = dt.type
-            negate, l2 = (True if hyper["maximize"] else None), (cast(wd) if wd != 0 else None)
-            one_damp = cast(1.0 - hyper["dampening"])
-            tail = (True if hyper["nesterov"] else None, cast(momentum), cast(-hyper["lr"]))
-            options = by_dtype[dt] = ((negate, l2, one_damp, *tail), (negate, l2, None, *tail))
-        if first:
-            buf = kernels.empty_like(x)
-        if t is _ndarray:
-            g = _c_order(g)
-        arrays = (x, g, buf) if x.ndim == 1 else _flat(x, g, buf)
-        if not _launch(serial, threaded, (*arrays, *options[first]), x.size):
-            rest.append(i)
-            continue
-        if first:
-            record["momentum_buffer"] = buf
+        args = [arrays[k] for k in read_only] + [scalars[k] for k in program.scalars]
+        args += [arrays[k] for k in out_names]
+        try:
+            kernel(*args)
+        except cupy.cuda.compiler.CompileException as error:
+            _broken(program, "cupy", error)
+            return rest + list(range(i, len(items)))
+        for k in created:
+            record[k] = arrays[k]
     return rest

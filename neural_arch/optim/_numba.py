@@ -1,244 +1,128 @@
-"""Fused CPU kernels (numba) for the Adam and SGD rules of :mod:`.functional`.
+"""numba support for the NumPy fast path: kernels generated from rules, and the finiteness check.
 
-Imported only by :mod:`._fastpath`, and only when numba is installed; importing
-neural_arch never imports numba.  Each kernel walks one parameter's elements
-once, reading ``p, g, m, v`` and writing ``p, m, v`` (Adam: 28 bytes per
-float32 element, the memory-bound minimum), instead of the ~8 array passes
-and temporaries of the generic rule.
+Imported only by :mod:`._fastpath`, and only when numba is installed;
+importing neural_arch never imports numba.
 
-The arithmetic is the generic rule's, operation for operation and in the
-same order, so both paths agree bit for bit: every hyperparameter arrives
-already rounded to the arrays' dtype (as NumPy rounds a Python float against
-a float32 array), no literal constant appears in a loop (it would promote
-float32 to float64), and ``fastmath`` stays off, so LLVM neither reassociates
-nor contracts ``a * b + c`` into a fused multiply-add.
-
-The loop bodies are written out in the kernels themselves: a per-element
-helper, even one inlined by numba, costs a reference count per array per
-element.  ``error_model="numpy"`` gives IEEE division (no zero check, which
-would also stop the loop from vectorizing), as NumPy divides.
-
-Kernels take 1-d C-contiguous arrays (the caller checks and flattens them:
-views, no copies), so each option set compiles once per dtype, not once per
-ndim.  The ``*_par`` variants split the elements into one contiguous chunk
-per numba thread and run the serial kernel on each; the update is
-elementwise, so the result does not depend on the thread count.
+* :func:`load_kernels` compiles the module that :func:`._engine.numba_source`
+  writes for a rule.  The source goes to a file in a cache directory
+  (``$NEURAL_ARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/neural_arch`` or
+  ``~/.cache/neural_arch``) named by a hash of its text, so that numba's
+  ``cache=True`` finds the compiled serial kernel again in the next process.
+  Where no directory is writable the kernels are compiled in memory, per
+  process.
+* :func:`voidptr` turns an address from a pointer table into a pointer the
+  kernels wrap with ``numba.carray``: a whole group's arrays in one call.
+* :func:`first_nonfinite` checks a table of gradients in one call: an
+  element is NaN or infinite exactly when all its exponent bits are set, and
+  comparing bits as integers needs no float reduction, so the loop
+  vectorizes without ``fastmath``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from types import ModuleType
+from typing import Any
+
 import numba
 import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-__all__ = [
-    "HAS_NONFINITE",
-    "adam_kernel",
-    "adam_kernel_par",
-    "empty_like",
-    "sgd_kernel",
-    "sgd_kernel_par",
-]
+__all__ = ["EXPONENT_MASKS", "NumbaError", "first_nonfinite", "load_kernels", "voidptr"]
 
-empty_like = np.empty_like
+NumbaError = numba.core.errors.NumbaError
 
-_OPTS = {
-    "error_model": "numpy",
-    "nogil": True,
-    "cache": True,
-    "fastmath": False,
-    "boundscheck": False,
+#: float dtype -> (unsigned integer dtype of its width, the mask of its exponent bits)
+EXPONENT_MASKS = {
+    np.dtype(np.float32): (np.dtype(np.uint32), np.uint32(0x7F800000)),
+    np.dtype(np.float64): (np.dtype(np.uint64), np.uint64(0x7FF0000000000000)),
 }
 
-# numba cannot cache threaded code (it refers to the thread pool): compiled per process
-_PAR_OPTS = {**_OPTS, "parallel": True, "cache": False}
 
-# Options arrive as ``None`` (off) or a value (on): numba compiles one version
-# per combination it meets and prunes the branches of the options that are off,
-# so every loop is straight-line code that vectorizes.  (Runtime flags would
-# leave it to LLVM's loop unswitching, which gives up after a few flags.)
+@intrinsic
+def voidptr(typingctx: Any, address: Any) -> Any:
+    """The integer ``address`` as a ``void *`` (for ``numba.carray``)."""
+    sig = types.voidptr(address)
 
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
 
-@numba.njit(**_OPTS)
-def adam_kernel(
-    param,
-    grad,
-    exp_avg,
-    exp_avg_sq,
-    max_exp_avg_sq,
-    negate,
-    decay,
-    l2,
-    w,
-    one_w,
-    beta2,
-    one_beta2,
-    bc2_sqrt,
-    eps,
-    step_size,
-):
-    """Adam/AdamW on one parameter.  ``negate``: maximize; ``decay``: AdamW's
-    ``1 - lr * wd``; ``l2``: Adam's ``wd``; ``w`` or ``one_w``: the lerp weight
-    ``1 - beta1`` or ``beta1`` (the branch :func:`functional._lerp_` takes);
-    ``max_exp_avg_sq``: amsgrad's array."""
-    pf, gf, mf, vf, xf = param, grad, exp_avg, exp_avg_sq, exp_avg_sq
-    if max_exp_avg_sq is not None:
-        xf = max_exp_avg_sq
-    for i in range(param.size):
-        g = gf[i]
-        if negate is not None:
-            g = -g
-        p = pf[i]
-        if decay is not None:
-            p = p * decay
-        if l2 is not None:
-            g = g + l2 * p
-        m = mf[i]
-        if w is not None:
-            m = m + (g - m) * w
-        if one_w is not None:
-            m = g + (m - g) * one_w
-        mf[i] = m
-        v = vf[i] * beta2 + (g * one_beta2) * g
-        vf[i] = v
-        if max_exp_avg_sq is not None:
-            v = np.maximum(xf[i], v)
-            xf[i] = v
-        pf[i] = p + (m * step_size) / (np.sqrt(v) / bc2_sqrt + eps)
+    return sig, codegen
 
 
-@numba.njit(**_PAR_OPTS)
-def adam_kernel_par(
-    param,
-    grad,
-    exp_avg,
-    exp_avg_sq,
-    max_exp_avg_sq,
-    negate,
-    decay,
-    l2,
-    w,
-    one_w,
-    beta2,
-    one_beta2,
-    bc2_sqrt,
-    eps,
-    step_size,
-):
-    n = param.size
-    pf, gf, mf, vf = param, grad, exp_avg, exp_avg_sq
-    chunks = numba.get_num_threads()
-    if max_exp_avg_sq is None:
-        for c in numba.prange(chunks):
-            lo, hi = n * c // chunks, n * (c + 1) // chunks
-            adam_kernel(
-                pf[lo:hi],
-                gf[lo:hi],
-                mf[lo:hi],
-                vf[lo:hi],
-                None,
-                negate,
-                decay,
-                l2,
-                w,
-                one_w,
-                beta2,
-                one_beta2,
-                bc2_sqrt,
-                eps,
-                step_size,
-            )
-    else:
-        xf = max_exp_avg_sq
-        for c in numba.prange(chunks):
-            lo, hi = n * c // chunks, n * (c + 1) // chunks
-            adam_kernel(
-                pf[lo:hi],
-                gf[lo:hi],
-                mf[lo:hi],
-                vf[lo:hi],
-                xf[lo:hi],
-                negate,
-                decay,
-                l2,
-                w,
-                one_w,
-                beta2,
-                one_beta2,
-                bc2_sqrt,
-                eps,
-                step_size,
-            )
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def first_nonfinite(addresses, sizes, mask):  # pragma: no cover - compiled
+    """Index of the first array in the table holding NaN or ±inf, or -1."""
+    dt = mask.dtype
+    for k in range(sizes.size):
+        bits = numba.carray(voidptr(addresses[k]), sizes[k], dt)
+        m = mask[0]
+        worst = m ^ m
+        for i in range(bits.size):
+            worst = max(worst, bits[i] & m)
+        if worst == m:
+            return k
+    return -1
 
 
-@numba.njit(**_OPTS)
-def sgd_kernel(param, grad, buf, negate, l2, one_damp, nesterov, momentum, neg_lr):
-    """SGD on one parameter.  ``buf``: the momentum buffer (None without
-    momentum); ``one_damp``: ``1 - dampening``, None on the first step, where
-    the buffer becomes the gradient itself; ``nesterov``: None or True."""
-    pf, gf, bf = param, grad, param
-    if buf is not None:
-        bf = buf
-    for i in range(param.size):
-        g = gf[i]
-        if negate is not None:
-            g = -g
-        p = pf[i]
-        if l2 is not None:
-            g = g + l2 * p
-        if buf is not None:
-            b = g
-            if one_damp is not None:
-                b = bf[i] * momentum + one_damp * g
-            bf[i] = b
-            d = b
-            if nesterov is not None:
-                d = g + momentum * b
-            g = d
-        pf[i] = p + neg_lr * g
+_lock = threading.Lock()
+_modules: dict[str, ModuleType] = {}
 
 
-@numba.njit(**_PAR_OPTS)
-def sgd_kernel_par(param, grad, buf, negate, l2, one_damp, nesterov, momentum, neg_lr):
-    n = param.size
-    pf, gf = param, grad
-    chunks = numba.get_num_threads()
-    if buf is None:
-        for c in numba.prange(chunks):
-            lo, hi = n * c // chunks, n * (c + 1) // chunks
-            sgd_kernel(
-                pf[lo:hi], gf[lo:hi], None, negate, l2, one_damp, nesterov, momentum, neg_lr
-            )
-    else:
-        bf = buf
-        for c in numba.prange(chunks):
-            lo, hi = n * c // chunks, n * (c + 1) // chunks
-            sgd_kernel(
-                pf[lo:hi], gf[lo:hi], bf[lo:hi], negate, l2, one_damp, nesterov, momentum, neg_lr
-            )
+def _cache_dir() -> str | None:
+    """A writable directory for generated kernel sources, or None."""
+    base = os.environ.get("NEURAL_ARCH_CACHE_DIR")
+    if not base:
+        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(root, "neural_arch")
+    path = os.path.join(base, f"kernels-numba{numba.__version__}")
+    for candidate in (path, os.path.join(tempfile.gettempdir(), "neural_arch-kernels")):
+        try:
+            os.makedirs(candidate, exist_ok=True)
+            if os.access(candidate, os.W_OK):
+                return candidate
+        except OSError:
+            continue
+    return None
 
 
-@numba.njit(**_OPTS)
-def _has_nonfinite32(grad, exponent_mask):
-    bits = grad.view(np.uint32)
-    worst = exponent_mask ^ exponent_mask
-    for i in range(bits.size):
-        worst = max(worst, bits[i] & exponent_mask)
-    return worst == exponent_mask
+def _holds(path: str, source: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.read() == source
+    except OSError:
+        return False
 
 
-@numba.njit(**_OPTS)
-def _has_nonfinite64(grad, exponent_mask):
-    bits = grad.view(np.uint64)
-    worst = exponent_mask ^ exponent_mask
-    for i in range(bits.size):
-        worst = max(worst, bits[i] & exponent_mask)
-    return worst == exponent_mask
-
-
-#: dtype -> (kernel, exponent mask): an element is NaN or infinite exactly when all
-#: its exponent bits are set; comparing bits as integers needs no float reduction,
-#: so the loop vectorizes without fastmath.
-HAS_NONFINITE = {
-    np.dtype(np.float32): (_has_nonfinite32, np.uint32(0x7F800000)),
-    np.dtype(np.float64): (_has_nonfinite64, np.uint64(0x7FF0000000000000)),
-}
+def load_kernels(source: str) -> ModuleType:
+    """The module compiled from ``source`` (see :func:`._engine.numba_source`), cached."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    with _lock:
+        module = _modules.get(digest)
+        if module is not None:
+            return module
+        name = f"neural_arch_kernel_{digest}"
+        directory = _cache_dir()
+        if directory is None:  # nowhere to write: compiled in memory, per process
+            module = ModuleType(name)
+            exec(compile(source.replace("cache=True", "cache=False"), name, "exec"), vars(module))
+        else:
+            path = os.path.join(directory, name + ".py")
+            if not _holds(path, source):  # written once, atomically: its stamp is numba's key
+                fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+                with os.fdopen(fd, "w") as f:
+                    f.write(source)
+                os.replace(tmp, path)
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        _modules[digest] = module
+        return module

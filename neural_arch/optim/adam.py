@@ -4,11 +4,68 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _fastpath
-from . import functional as F
-from .optimizer import Optimizer, StateView, _check_number
+from ..backend import namespace
+from ._hyper import Flag, Pair, Real
+from ._rule import lerp, maximum, sqrt
+from .optimizer import Optimizer, StateView
 
 __all__ = ["Adam", "AdamW"]
+
+
+def adam(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, s, f):
+    """Adam's and AdamW's update of one parameter (see :class:`Adam` for the math)."""
+    if f.maximize:
+        g = -g
+    if f.decoupled:
+        p = p * s.decay  # AdamW: p * (1 - lr * weight_decay) first
+    elif f.l2:
+        g = g + p * s.weight_decay
+    m = lerp(exp_avg, g, s.w1, s.one_minus_w1, f.small_w1)  # beta1 * m + (1 - beta1) * g
+    v = exp_avg_sq * s.beta2 + g * s.one_minus_beta2 * g
+    new = {"exp_avg": m, "exp_avg_sq": v}
+    if f.amsgrad:
+        v = new["max_exp_avg_sq"] = maximum(max_exp_avg_sq, v)
+    new["param"] = p + m * s.step_size / (sqrt(v) / s.bias_correction2_sqrt + s.eps)
+    return new
+
+
+def flags(group: dict[str, Any], *, decoupled: bool) -> dict[str, bool]:
+    """The branches of :func:`adam` for ``group`` (AdamW: ``decoupled``)."""
+    w1 = 1.0 - group["betas"][0]
+    return {
+        "maximize": group["maximize"],
+        "amsgrad": group["amsgrad"],
+        "decoupled": decoupled and group["weight_decay"] != 0,
+        "l2": not decoupled and group["weight_decay"] != 0,
+        "small_w1": abs(w1) < 0.5,  # the branch torch.lerp takes
+    }
+
+
+def scalars(group: dict[str, Any], step: int) -> dict[str, float]:
+    """The scalars of :func:`adam` for ``group`` at ``step``: bias corrections, lerp weights."""
+    lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+    w1 = 1.0 - beta1
+    return {
+        "decay": 1.0 - lr * wd,
+        "weight_decay": wd,
+        "w1": w1,
+        "one_minus_w1": 1.0 - w1,
+        "beta2": beta2,
+        "one_minus_beta2": 1.0 - beta2,
+        "step_size": -lr / (1.0 - beta1**step),
+        "bias_correction2_sqrt": (1.0 - beta2**step) ** 0.5,
+        "eps": group["eps"],
+    }
+
+
+def init_state(data: Any, record: dict[str, Any], *, amsgrad: bool) -> dict[str, Any]:
+    """Fill ``record`` with ``step`` 0 and zero moments like ``data`` (those it lacks)."""
+    zeros_like = namespace(data).zeros_like
+    record.setdefault("step", 0)
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):  # torch's order
+        if record.get(key) is None and (key != "max_exp_avg_sq" or amsgrad):
+            record[key] = zeros_like(data)
+    return record
 
 
 class _DefaultBetas(tuple):
@@ -113,46 +170,29 @@ class Adam(Optimizer):
             param_group = group
         super().add_param_group(param_group)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        group["betas"] = tuple(betas)
-        _check_number("beta1 (betas[0])", betas[0], high=1.0)
-        _check_number("beta2 (betas[1])", betas[1], high=1.0)
-        _check_number("eps", group["eps"])
-        _check_number("weight_decay", group["weight_decay"])
+    hyper = {
+        "lr": Real(),
+        "betas": Pair(Real(high=1.0), "beta1", "beta2"),
+        "eps": Real(),
+        "weight_decay": Real(),
+        "amsgrad": Flag(),
+        "maximize": Flag(),
+    }
+    _rule = staticmethod(adam)
 
-    def _update_group(self, group: dict[str, Any], pairs: list[tuple[Any, Any]]) -> None:
-        amsgrad = group["amsgrad"]
-        records = []
-        for p, _ in pairs:
-            record = self.state.get(p)
-            if record is None:
-                record = self.state[p] = F.adam_init(p.data, amsgrad=amsgrad)
-            elif amsgrad and record.get("max_exp_avg_sq") is None:
-                record["max_exp_avg_sq"] = F.adam_init(p.data, amsgrad=True)["max_exp_avg_sq"]
-            records.append(record)
-        # the fused kernels (NumPy + numba, CuPy) take what they can; the same rule does the rest
-        rest = _fastpath.adam_group(pairs, records, group, decoupled=self._decoupled)
-        if not rest:
-            return
-        beta1, beta2 = group["betas"]
-        hyper = {
-            "lr": group["lr"],
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "amsgrad": amsgrad,
-            "maximize": group["maximize"],
-            "decoupled_weight_decay": self._decoupled,
-        }
-        for i in rest:
-            (p, g), record = pairs[i], records[i]
-            p.data, new = F.adam_step(p.data, g, record, **hyper, inplace=True)
-            record.update(new)
+    def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
+        if group["amsgrad"]:
+            return frozenset(("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+        return frozenset(("step", "exp_avg", "exp_avg_sq"))
+
+    def _init_state(self, p: Any, group: dict[str, Any], record: dict[str, Any]) -> None:
+        init_state(p.data, record, amsgrad=group["amsgrad"])
+
+    def _flags(self, group: dict[str, Any]) -> dict[str, bool]:
+        return flags(group, decoupled=self._decoupled)
+
+    def _scalars(self, group: dict[str, Any], step: int | None) -> dict[str, float]:
+        return scalars(group, step)
 
 
 class AdamW(Adam):

@@ -1,10 +1,10 @@
 """The update rules, as functions over arrays of any Array API library.
 
-These are the optimizers' single source of truth: :class:`~neural_arch.optim.SGD`,
-:class:`~neural_arch.optim.Adam` and :class:`~neural_arch.optim.AdamW` call them
-for every parameter.  They are public so that code holding raw arrays and
-gradients (from JAX, PyTorch, or hand-written adjoints) can use the same
-update without Tensors::
+They run the optimizers' own rules (the ``adam`` and ``sgd`` functions
+beside :class:`~neural_arch.optim.Adam` and :class:`~neural_arch.optim.SGD`)
+on the generic engine, so that code holding raw arrays and gradients (from
+JAX, PyTorch, or hand-written adjoints) gets the same update without
+Tensors or optimizer objects::
 
     from neural_arch.optim import functional as F
 
@@ -19,7 +19,8 @@ array-api-strict) the parameter and state arrays are updated in place and the
 same objects are returned; on immutable arrays (JAX) and with
 ``inplace=False`` nothing passed in is modified and new arrays are returned.
 Both modes run the same arithmetic in the same order, so they agree to the
-last bit.
+last bit, and agree with the optimizer classes.  They work under
+``jax.jit`` too (the step count may then be traced).
 
 The rules are PyTorch's, including the order of the floating-point
 operations, so that a float64 run matches ``torch.optim`` step by step to
@@ -31,9 +32,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat
-
 from ..backend import namespace
+from . import _engine
+from ._rule import trace
+from . import adam as _adam
+from . import sgd as _sgd
+from .optimizer import _state_keys
 
 __all__ = [
     "adam_init",
@@ -45,90 +49,21 @@ __all__ = [
 Array = Any
 
 
-def _writable(x: Array) -> bool:
-    return array_api_compat.is_writeable_array(x)
-
-
-def _copy(xp, x: Array) -> Array:
-    return xp.asarray(x, copy=True)
-
-
-def _assign(dst: Array, value: Array) -> Array:
-    """``value`` stored into ``dst`` when ``dst`` is writable, else ``value`` itself."""
-    if _writable(dst):
-        dst[...] = value
-        return dst
-    return value
-
-
-def _own(xp, param: Array, state: dict[str, Any], inplace: bool) -> tuple[Array, dict]:
-    """The arrays the update may mutate: the given ones in place, else private copies.
-
-    Immutable arrays (JAX) are never copied: in-place operators rebind them.
-    """
-    if inplace:
-        return param, state
-    copied = {
-        k: _copy(xp, a) if k != "step" and a is not None and _writable(a) else a
-        for k, a in state.items()
-    }
-    return (_copy(xp, param) if _writable(param) else param), copied
-
-
-def _scratch(buf: Array | None, like: Array) -> bool:
-    """Whether ``buf``, a temporary of this module's own, can hold an array like ``like``.
-
-    The standard has no ``out=``; a temporary that is no longer needed is reused
-    instead (``buf[...] = x`` then in-place operators), which saves allocating,
-    and faulting in, fresh memory for every operation.  Only a writable array of
-    ``like``'s shape and dtype qualifies, so the arithmetic is unchanged: the 0-d
-    NumPy scalars that 0-d arithmetic returns and immutable (JAX) arrays do not.
-    """
-    return (
-        buf is not None and _writable(buf) and buf.shape == like.shape and buf.dtype == like.dtype
-    )
-
-
-def _scaled(buf: Array | None, x: Array, c: float) -> Array:
-    """``x * c``, computed in ``buf`` when :func:`_scratch` allows (``buf`` may be ``x``)."""
-    if buf is x and _scratch(buf, x):
-        buf *= c
-        return buf
-    if _scratch(buf, x):
-        buf[...] = x
-        buf *= c
-        return buf
-    return x * c
-
-
-def _plus(t: Array, x: Array) -> Array:
-    """``x + t`` (the same IEEE sum as ``t + x``), in ``t`` when ``t`` is a temporary like it."""
-    if _scratch(t, x) or not _writable(t):  # not writable: ``+=`` rebinds to ``t + x``
-        t += x
-        return t
-    return x + t
-
-
-def _lerp_(xp, start: Array, end: Array, weight: float) -> Array:
-    """``start + weight * (end - start)`` rounded as ``torch.lerp`` rounds it.
-
-    Updates ``start`` in place when it is writable; returns the result.
-    """
-    return _lerp_scratch(start, end, weight)[0]
-
-
-def _lerp_scratch(start: Array, end: Array, weight: float) -> tuple[Array, Array]:
-    """:func:`_lerp_`, and the temporary it used, free for the caller to reuse."""
-    if abs(weight) < 0.5:
-        delta = end - start
-        delta *= weight
-        start += delta  # in place, or a rebinding on immutable arrays
-        return start, delta
-    out = start - end
-    out *= 1.0 - weight
-    out = _plus(out, end)  # end + out
-    result = _assign(start, out)
-    return result, (None if result is out else out)
+def _apply(rule, flags, scalars, param, grad, state, inplace, step=None) -> tuple[Array, dict]:
+    """Run ``rule`` on one parameter through the generic engine; return (param, new state)."""
+    xp = namespace(param)
+    if not inplace:  # private copies of what the update writes (immutable arrays need none)
+        param = _engine.private(xp, param)
+        state = {k: _engine.private(xp, v) for k, v in state.items()}
+    present = tuple(k for k in _state_keys(rule) if state.get(k) is not None)
+    program = trace(rule, present, flags)
+    arrays = {k: state.get(k) for k in program.arrays}
+    arrays["param"], arrays["grad"] = param, grad
+    out = _engine.run_generic(program, xp, arrays, scalars)
+    new_state = {**state, **{k: v for k, v in out.items() if k != "param"}}
+    if step is not None:
+        new_state["step"] = step
+    return out["param"], new_state
 
 
 # --------------------------------------------------------------------------- SGD
@@ -167,32 +102,16 @@ def sgd_step(
     ``(1 - dampening)``, as in PyTorch (Sutskever et al. 2013 write it
     differently).  ``state`` is ``{"momentum_buffer": array or None}``.
     """
-    xp = namespace(param)
-    param, new_state = _own(xp, param, state, inplace)
-    g = -grad if maximize else grad
-    own = maximize  # whether g is a temporary of our own, free once its value is used
-    if weight_decay != 0:
-        g, own = _plus(param * weight_decay, g), True  # g + weight_decay * p
-    spare = None  # another temporary of our own, free for reuse
-    if momentum != 0:
-        buf = new_state.get("momentum_buffer")
-        if buf is None:
-            buf = _copy(xp, g)
-        else:
-            buf *= momentum  # in place, or a rebinding on immutable arrays
-            if dampening == 0:
-                buf += g  # (1 - 0) * g is g, exactly
-            else:  # in g itself when nesterov does not need g again
-                spare = _scaled(g if own and not nesterov else None, g, 1.0 - dampening)
-                buf += spare
-        new_state["momentum_buffer"] = buf
-        if nesterov:
-            g, own = _plus(_scaled(spare, buf, momentum), g), True  # g + momentum * b
-        else:
-            spare = g if own else spare
-            g, own = buf, False
-    param += _scaled(g if own else spare, g, -lr)  # in place, or a rebinding (immutable)
-    return param, new_state
+    group = {
+        "lr": lr,
+        "momentum": momentum,
+        "dampening": dampening,
+        "weight_decay": weight_decay,
+        "nesterov": nesterov,
+        "maximize": maximize,
+    }
+    flags, scalars = _sgd.flags(group), _sgd.scalars(group)
+    return _apply(_sgd.sgd, flags, scalars, param, grad, state, inplace)
 
 
 # -------------------------------------------------------------------------- Adam
@@ -200,15 +119,7 @@ def sgd_step(
 
 def adam_init(param: Array, *, amsgrad: bool = False) -> dict[str, Any]:
     """Fresh Adam state for ``param``: ``step`` 0 and zero moments of its shape, dtype, device."""
-    xp = namespace(param)
-    state: dict[str, Any] = {
-        "step": 0,
-        "exp_avg": xp.zeros_like(param),
-        "exp_avg_sq": xp.zeros_like(param),
-    }
-    if amsgrad:
-        state["max_exp_avg_sq"] = xp.zeros_like(param)
-    return state
+    return _adam.init_state(param, {}, amsgrad=amsgrad)
 
 
 def adam_step(
@@ -239,37 +150,20 @@ def adam_step(
         v_max = max(v_max, v)                  if amsgrad, and v_max replaces v below
         p = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
 
-    ``eps`` is added *after* the bias-corrected square root, as in PyTorch
-    (the paper's "epsilon hat" variant, which Keras and Optax's ``eps_root``
-    place differently).  ``state`` is the dict made by :func:`adam_init`.
+    ``eps`` is added *after* the bias-corrected square root, as in PyTorch's
+    and the paper's algorithm (Keras's ``epsilon`` is this one too, in its
+    "epsilon hat" form; Optax's ``eps_root`` sits inside the root).
+    ``state`` is the dict made by :func:`adam_init`.
     """
-    xp = namespace(param)
-    param, state = _own(xp, param, state, inplace)
-    m, v = state["exp_avg"], state["exp_avg_sq"]
+    group = {
+        "lr": lr,
+        "betas": (beta1, beta2),
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "amsgrad": amsgrad,
+        "maximize": maximize,
+    }
     step = state["step"] + 1
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param *= 1.0 - lr * weight_decay
-        else:
-            g = _plus(param * weight_decay, g)  # g + weight_decay * p
-    m, tmp = _lerp_scratch(m, g, 1.0 - beta1)
-    v *= beta2
-    sq = _scaled(tmp, g, 1.0 - beta2)
-    sq *= g
-    v += sq
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
-    new_state = {"step": step, "exp_avg": m, "exp_avg_sq": v}
-    if amsgrad:
-        vmax = _assign(state["max_exp_avg_sq"], xp.maximum(state["max_exp_avg_sq"], v))
-        new_state["max_exp_avg_sq"] = vmax
-        denom = xp.sqrt(vmax)
-    else:
-        denom = xp.sqrt(v)
-    denom /= bias_correction2_sqrt
-    denom += eps
-    update = _scaled(sq, m, -lr / bias_correction1)
-    update /= denom
-    param += update
-    return param, new_state
+    flags = _adam.flags(group, decoupled=decoupled_weight_decay)
+    scalars = _adam.scalars(group, step)
+    return _apply(_adam.adam, flags, scalars, param, grad, state, inplace, step)

@@ -1,8 +1,13 @@
 """The optimizer base: parameter groups, per-parameter state, state dicts, the step.
 
-Subclasses own only their update (``_update_group``) and hyperparameter
-checks (``_check_group``); everything a user touches between steps lives
-here and behaves as in ``torch.optim``.
+An elementwise optimizer is its signature, docstring, hyperparameter spec
+(:attr:`Optimizer.hyper`) and rule (:attr:`Optimizer._rule`, with
+``_flags``, ``_scalars`` and ``_init_state`` beside it; see
+docs/adding_an_optimizer.md).  Everything else lives here and behaves as in
+``torch.optim``: groups, state, state dicts, the all-or-nothing step, and the
+per-group loop that runs the rule on the fast path where the arrays qualify
+and on the generic engine elsewhere.  A non-elementwise optimizer overrides
+``_update_group`` instead.
 
 A parameter is any object with ``.data`` (an array of an Array API library)
 and ``.grad`` (``None`` or an array of the same shape): :class:`neural_arch.Parameter`,
@@ -11,6 +16,7 @@ or a small class of your own.  The optimizer knows nothing of ``nn``.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -18,7 +24,9 @@ from typing import Any
 import array_api_compat
 
 from ..backend import backend_name, device, float_errors_ignored, namespace, to_backend
-from . import _fastpath
+from . import _engine, _fastpath
+from ._hyper import Real
+from ._rule import trace
 
 __all__ = ["Optimizer"]
 
@@ -137,6 +145,18 @@ def _as_param_list(params: Any, where: str) -> tuple[list[Any], list[Any] | None
     )
 
 
+def _state_keys(rule: Callable) -> tuple[str, ...]:
+    """The state arrays a rule takes: its parameters other than ``p, g, s, f``."""
+    keys = _STATE_KEYS.get(rule)
+    if keys is None:
+        names = inspect.signature(rule).parameters
+        keys = _STATE_KEYS[rule] = tuple(k for k in names if k not in ("p", "g", "s", "f"))
+    return keys
+
+
+_STATE_KEYS: dict[Callable, tuple[str, ...]] = {}
+
+
 class Optimizer:
     """Base class of all optimizers: parameter groups, state, and the all-or-nothing step.
 
@@ -165,6 +185,11 @@ class Optimizer:
         skipped_steps: number of steps skipped by ``nonfinite="skip"``.
     """
 
+    #: hyperparameter name -> spec (:mod:`._hyper`), checked for every group
+    hyper: Mapping[str, Any] = {"lr": Real()}
+    #: the update rule (:mod:`._rule`), or None when ``_update_group`` is overridden
+    _rule: Callable[..., Mapping[str, Any]] | None = None
+
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise"):
         if nonfinite not in _NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {_NONFINITE_MODES}, got {nonfinite!r}")
@@ -175,6 +200,7 @@ class Optimizer:
         self.step_count = 0
         self.skipped_steps = 0
         self._names: dict[int, Any] = {}
+        self._caches: dict[int, dict] = {}  # id(group) -> the fast path's tables for it
 
         if isinstance(params, Mapping):
             is_group = "params" in params and not all(_is_param(v) for v in params.values())
@@ -253,8 +279,11 @@ class Optimizer:
                 )
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        """Validate a group's hyperparameters (subclasses extend this)."""
-        _check_number("lr", group.get("lr"))
+        """Validate a group's hyperparameters against :attr:`hyper` (subclasses may extend)."""
+        for name, spec in self.hyper.items():
+            if name not in group:
+                raise ValueError(f"parameter group has no {name!r} hyperparameter")
+            group[name] = spec.check(name, group[name])
 
     # ------------------------------------------------------------------ lr
 
@@ -272,7 +301,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        _check_number("lr", value)
+        self.hyper["lr"].check("lr", value)
         for group in self.param_groups:
             group["lr"] = value
 
@@ -330,8 +359,9 @@ class Optimizer:
 
     def _first_nonfinite(self, work: list[tuple[dict, list]]) -> Any:
         """Name of the first parameter with a non-finite gradient, or None."""
-        for _, pairs in work:
-            fast = _fastpath.first_nonfinite(pairs)  # compiled: index, -1 if all finite, or None
+        for group, pairs in work:
+            cache = self._caches.setdefault(id(group), {})
+            fast = _fastpath.first_nonfinite(pairs, cache)  # index, -1 if all finite, or None
             if fast is not None:
                 if fast >= 0:
                     return self._names[id(pairs[fast][0])]
@@ -347,9 +377,73 @@ class Optimizer:
                     return self._names[id(p)]
         return None
 
+    # ----------------------------------------------------------- the rule
+
+    def _flags(self, group: dict[str, Any]) -> dict[str, bool]:
+        """The rule's flags for ``group`` (``f`` in the rule): branches chosen before tracing."""
+        return {}
+
+    def _scalars(self, group: dict[str, Any], step: int | None) -> dict[str, float]:
+        """The rule's scalars (``s``) for ``group`` at ``step`` (None: no step count kept)."""
+        return {}
+
+    def _init_state(self, p: Any, group: dict[str, Any], record: dict[str, Any]) -> None:
+        """Add to ``record`` (a new parameter's empty record, or an older one) what is missing.
+
+        A state the rule creates itself on its first step is stored as None.
+        """
+
+    def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
+        """The state keys a parameter of ``group`` keeps (empty: no state, as SGD without momentum)."""
+        return frozenset()
+
     def _update_group(self, group: dict[str, Any], pairs: list[tuple[Any, Any]]) -> None:
-        """Update every (parameter, gradient) pair of ``group`` (subclasses implement)."""
-        raise NotImplementedError
+        """Run the rule on every (parameter, gradient) pair of ``group``.
+
+        Parameters are bucketed by their step and by which state arrays exist
+        (a state the rule creates on its first step); each bucket is one
+        traced program and one set of scalars, handed to the fast path, whose
+        leftovers go through the generic engine one by one.
+        """
+        rule = self._rule
+        if rule is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither _rule nor _update_group")
+        keys = _state_keys(rule)
+        required = self._state_spec(group)
+        counts = "step" in required
+        state = self.state
+        buckets: dict[tuple, list[tuple[Any, Any, dict]]] = {}
+        for p, g in pairs:
+            if required:
+                record = state.get(p)
+                if record is None:
+                    record = state[p] = {}
+                    self._init_state(p, group, record)
+                elif not record.keys() >= required:
+                    self._init_state(p, group, record)
+            else:
+                record = {}
+            present = tuple(k for k in keys if record.get(k) is not None)
+            step = record["step"] + 1 if counts else None
+            buckets.setdefault((present, step), []).append((p, g, record))
+        flags = self._flags(group)
+        cache = self._caches.setdefault(id(group), {})
+        for (present, step), items in buckets.items():
+            program = trace(rule, present, flags)
+            scalars = {k: float(v) for k, v in self._scalars(group, step).items()}
+            missing = [k for k in program.scalars if k not in scalars]
+            if missing:
+                raise KeyError(f"{type(self).__name__}._scalars() does not provide {missing}")
+            for i in _fastpath.run(program, items, scalars, cache):
+                p, g, record = items[i]
+                arrays = {k: record.get(k) for k in program.arrays}
+                arrays["param"], arrays["grad"] = p.data, g
+                out = _engine.run_generic(program, namespace(p.data), arrays, scalars)
+                p.data = out.pop("param")
+                record.update(out)
+            if counts:
+                for _, _, record in items:
+                    record["step"] = step
 
     # ---------------------------------------------------------- state dict
 
@@ -407,8 +501,6 @@ class Optimizer:
                 )
             by_index.update(zip((int(j) for j in ids), group["params"], strict=True))
             new = {k: v for k, v in saved.items() if k not in ("params", "param_names")}
-            if "betas" in new:
-                new["betas"] = tuple(new["betas"])
             merged = {**group, **new}
             self._check_group(merged)
             new_groups.append(merged)

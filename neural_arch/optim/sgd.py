@@ -4,11 +4,51 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _fastpath
-from . import functional as F
-from .optimizer import Optimizer, _check_number
+from ._hyper import Flag, Real
+from .optimizer import Optimizer
 
 __all__ = ["SGD"]
+
+
+def sgd(p, g, momentum_buffer=None, *, s, f):
+    """SGD's update of one parameter (see :class:`SGD` for the math)."""
+    if f.maximize:
+        g = -g
+    if f.l2:
+        g = g + p * s.weight_decay
+    new = {}
+    if f.momentum:
+        if momentum_buffer is None:  # the first step: the buffer is the gradient, undamped
+            b = g
+        elif f.dampening:
+            b = momentum_buffer * s.momentum + g * s.one_minus_dampening
+        else:
+            b = momentum_buffer * s.momentum + g
+        new["momentum_buffer"] = b
+        g = g + b * s.momentum if f.nesterov else b
+    new["param"] = p + g * s.neg_lr
+    return new
+
+
+def flags(group: dict[str, Any]) -> dict[str, bool]:
+    """The branches of :func:`sgd` for ``group``."""
+    return {
+        "maximize": group["maximize"],
+        "l2": group["weight_decay"] != 0,
+        "momentum": group["momentum"] != 0,
+        "dampening": group["dampening"] != 0,
+        "nesterov": group["nesterov"],
+    }
+
+
+def scalars(group: dict[str, Any]) -> dict[str, float]:
+    """The scalars of :func:`sgd` for ``group``."""
+    return {
+        "weight_decay": group["weight_decay"],
+        "momentum": group["momentum"],
+        "one_minus_dampening": 1.0 - group["dampening"],
+        "neg_lr": -group["lr"],
+    }
 
 
 class SGD(Optimizer):
@@ -59,36 +99,33 @@ class SGD(Optimizer):
         }
         super().__init__(params, defaults, nonfinite=nonfinite)
 
+    hyper = {
+        "lr": Real(),
+        "momentum": Real(),
+        "dampening": Real(),
+        "weight_decay": Real(),
+        "nesterov": Flag(),
+        "maximize": Flag(),
+    }
+    _rule = staticmethod(sgd)
+
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
-        for name in ("momentum", "dampening", "weight_decay"):
-            _check_number(name, group[name])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 "Nesterov momentum requires momentum > 0 and dampening = 0, got "
                 f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
             )
 
-    def _update_group(self, group: dict[str, Any], pairs: list[tuple[Any, Any]]) -> None:
-        # Without momentum SGD keeps no state (as PyTorch); a throwaway record serves the rule.
-        if group["momentum"] != 0:
-            records = []
-            for p, _ in pairs:
-                record = self.state.get(p)
-                if record is None:
-                    record = self.state[p] = F.sgd_init(p.data)
-                records.append(record)
-        else:
-            records = [F.sgd_init(p.data) for p, _ in pairs]
-        # the fused kernels (NumPy + numba, CuPy) take what they can; the same rule does the rest
-        rest = _fastpath.sgd_group(pairs, records, group)
-        if not rest:
-            return
-        hyper = {
-            k: group[k]
-            for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-        }
-        for i in rest:
-            (p, g), record = pairs[i], records[i]
-            p.data, new = F.sgd_step(p.data, g, record, **hyper, inplace=True)
-            record.update(new)
+    def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
+        # without momentum SGD keeps no state, as PyTorch
+        return frozenset(("momentum_buffer",)) if group["momentum"] != 0 else frozenset()
+
+    def _init_state(self, p: Any, group: dict[str, Any], record: dict[str, Any]) -> None:
+        record.setdefault("momentum_buffer", None)  # the rule makes it on the first step
+
+    def _flags(self, group: dict[str, Any]) -> dict[str, bool]:
+        return flags(group)
+
+    def _scalars(self, group: dict[str, Any], step: int | None) -> dict[str, float]:
+        return scalars(group)
