@@ -1,4 +1,4 @@
-"""The three engines that run a traced rule (:class:`._rule.Program`).
+"""The three engines that run a traced rule (:class:`.rule.Program`).
 
 * :func:`run_generic` evaluates the program on whole arrays of any Array API
   library.  On mutable arrays it works in place: an operation whose operand
@@ -26,7 +26,7 @@ import operator
 from typing import Any
 
 from ..backend import is_immutable
-from ._rule import BINARY, COMPARE, LOGIC, Program
+from .rule import BINARY, COMPARE, LOGIC, Program
 
 __all__ = ["cupy_source", "numba_source", "private", "run_generic"]
 

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from . import _engine
-from ._rule import Program
+from .rule import Program
 
 __all__ = ["enabled", "first_nonfinite", "run", "set_enabled", "set_num_threads"]
 
@@ -145,31 +145,53 @@ def first_nonfinite(pairs: list[tuple[Any, Any]], cache: dict | None = None) -> 
 
     One compiled call reads every gradient of the group once, comparing
     exponent bits as integers.  Handled when every gradient is a C- or
-    F-contiguous NumPy float32/float64 array of one dtype.
+    F-contiguous NumPy float32/float64 array of one dtype.  ``cache`` (a
+    dict per parameter group) keeps the table of addresses while the
+    gradients are the same arrays.
     """
     if not _enabled or not pairs or type(pairs[0][1]) is not _ndarray:
         return None
     kernels = _numba()
     if not kernels:
         return None
-    grads: dict = {} if cache is None else cache.setdefault("grads", {})
+    cache = {} if cache is None else cache
+    grads = [g for _, g in pairs]
+    table = cache.get("check")
+    if (
+        table is None
+        or len(table[0]) != len(grads)
+        or not all(map(operator.is_, map(_deref, table[0]), grads))
+    ):
+        table = _check_table(grads, cache)
+        if table is None:
+            return None
+        cache["check"] = table
+    return int(kernels.first_nonfinite(*table[1:]))
+
+
+def _check_table(grads: list, cache: dict) -> tuple | None:
+    """(weakrefs, addresses, sizes, exponent mask) of the gradients; None if one does not fit."""
+    infos = cache.get("grads", {})
     fresh: dict = {}
-    dtype = pairs[0][1].dtype
+    dtype = grads[0].dtype
     addresses, sizes = [], []
-    for _, g in pairs:
-        info = _grad_info(grads, g)
+    for g in grads:
+        info = _grad_info(infos, g)
         if info is None or info[2] == "X" or g.dtype != dtype:
             return None
         fresh[id(g)] = info
         addresses.append(info[1])
         sizes.append(g.size)
-    if cache is not None:
-        cache["grads"] = fresh  # forget gradients of earlier steps
-    uint, mask = kernels.EXPONENT_MASKS[dtype]
-    return int(
-        kernels.first_nonfinite(
-            np.array(addresses, np.int64), np.array(sizes, np.int64), np.full(1, mask, uint)
-        )
+    cache["grads"] = fresh  # forget the gradients of earlier steps
+    uint, mask = _numba().EXPONENT_MASKS[dtype]
+    refs = [info[0] for info in fresh.values()] if len(fresh) == len(grads) else None
+    if refs is None:  # a gradient given twice: refs in order all the same
+        refs = [weakref.ref(g) for g in grads]
+    return (
+        refs,
+        np.array(addresses, np.int64),
+        np.array(sizes, np.int64),
+        np.full(1, mask, uint),
     )
 
 
@@ -195,9 +217,9 @@ def run(
     if t is _ndarray:
         if x0.dtype in (_F32, _F64) and _numba():
             return _run_numba(program, items, scalars, cache, x0.dtype)
-    elif t.__module__.partition(".")[0] == "cupy":  # named, not imported: CuPy may be absent
-        if x0.dtype in (_F32, _F64) and _load("cupy"):
-            return _run_cupy(program, items, scalars)
+    # CuPy is named, not imported: it may be absent
+    elif t.__module__.partition(".")[0] == "cupy" and x0.dtype in (_F32, _F64) and _load("cupy"):
+        return _run_cupy(program, items, scalars)
     return list(range(len(items)))
 
 
@@ -232,8 +254,11 @@ class _Table:
         self.scratch = np.zeros(0)
 
 
+_deref = weakref.ref.__call__
+
+
 def _fits(a: Any, dt: Any, shape: tuple, write: bool = True) -> bool:
-    """``a`` is a C-contiguous NumPy array of dtype ``dt`` and ``shape`` (writable if ``write``)."""
+    """``a`` is a C-contiguous NumPy array of ``dt`` and ``shape`` (writable if ``write``)."""
     if type(a) is not _ndarray or a.dtype != dt or a.shape != shape:
         return False
     flags = a.flags
@@ -265,7 +290,7 @@ def _run_numba(program, items, scalars, cache, dt) -> list[int]:
             cache[key] = table
     grads = [items[i][1] for i in table.taken]
     refs = table.grad_refs
-    if refs is None or not all(r() is g for r, g in zip(refs, grads, strict=True)):
+    if refs is None or not all(map(operator.is_, map(_deref, refs), grads)):
         _point_at_grads(program, table, grads, cache.setdefault("grads", {}), dt)
     for view, g in table.copies:
         np.copyto(view, g)

@@ -76,9 +76,7 @@ class Pair:
 
     def check(self, name: str, value: Any) -> tuple:
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-            raise ValueError(
-                f"{name} must be a pair ({self.first}, {self.second}), got {value!r}"
-            )
+            raise ValueError(f"{name} must be a pair ({self.first}, {self.second}), got {value!r}")
         a, b = value
         self.item.check(f"{self.first} ({name}[0])", a)
         self.item.check(f"{self.second} ({name}[1])", b)

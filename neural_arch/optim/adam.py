@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from ..backend import namespace
-from ._hyper import Flag, Pair, Real
-from ._rule import lerp, maximum, sqrt
 from .optimizer import Optimizer, StateView
+from .rule import Flag, Pair, Real, lerp, maximum, sqrt
 
 __all__ = ["Adam", "AdamW"]
 
@@ -170,7 +170,7 @@ class Adam(Optimizer):
             param_group = group
         super().add_param_group(param_group)
 
-    hyper = {
+    hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),
         "betas": Pair(Real(high=1.0), "beta1", "beta2"),
         "eps": Real(),

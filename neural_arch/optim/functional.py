@@ -34,10 +34,10 @@ from typing import Any
 
 from ..backend import namespace
 from . import _engine
-from ._rule import trace
 from . import adam as _adam
 from . import sgd as _sgd
 from .optimizer import _state_keys
+from .rule import trace
 
 __all__ = [
     "adam_init",

@@ -19,14 +19,14 @@ from __future__ import annotations
 import inspect
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import array_api_compat
 
 from ..backend import backend_name, device, float_errors_ignored, namespace, to_backend
 from . import _engine, _fastpath
 from ._hyper import Real
-from ._rule import trace
+from .rule import trace
 
 __all__ = ["Optimizer"]
 
@@ -186,8 +186,8 @@ class Optimizer:
     """
 
     #: hyperparameter name -> spec (:mod:`._hyper`), checked for every group
-    hyper: Mapping[str, Any] = {"lr": Real()}
-    #: the update rule (:mod:`._rule`), or None when ``_update_group`` is overridden
+    hyper: ClassVar[Mapping[str, Any]] = {"lr": Real()}
+    #: the update rule (:mod:`.rule`), or None when ``_update_group`` is overridden
     _rule: Callable[..., Mapping[str, Any]] | None = None
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise"):
@@ -333,7 +333,7 @@ class Optimizer:
         for group in self.param_groups:
             pairs = [(p, p.grad) for p in group["params"] if p.grad is not None]
             for p, g in pairs:
-                if tuple(g.shape) != tuple(p.data.shape):
+                if g.shape != p.data.shape and tuple(g.shape) != tuple(p.data.shape):
                     raise ValueError(
                         f"gradient of parameter {self._names[id(p)]!r} has shape "
                         f"{tuple(g.shape)}, but the parameter has shape {tuple(p.data.shape)}"
@@ -394,7 +394,7 @@ class Optimizer:
         """
 
     def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
-        """The state keys a parameter of ``group`` keeps (empty: no state, as SGD without momentum)."""
+        """The state keys a parameter of ``group`` keeps (none: SGD without momentum)."""
         return frozenset()
 
     def _update_group(self, group: dict[str, Any], pairs: list[tuple[Any, Any]]) -> None:
@@ -407,25 +407,35 @@ class Optimizer:
         """
         rule = self._rule
         if rule is None:
-            raise NotImplementedError(f"{type(self).__name__} defines neither _rule nor _update_group")
-        keys = _state_keys(rule)
+            name = type(self).__name__
+            raise NotImplementedError(f"{name} defines neither _rule nor _update_group")
         required = self._state_spec(group)
+        full = tuple(k for k in _state_keys(rule) if k in required)  # the arrays when all exist
         counts = "step" in required
-        state = self.state
+        records = self.state._records
         buckets: dict[tuple, list[tuple[Any, Any, dict]]] = {}
-        for p, g in pairs:
+        last_key, last = None, None
+        for p, g in pairs:  # the hot loop of a step: keep it lean
             if required:
-                record = state.get(p)
-                if record is None:
-                    record = state[p] = {}
+                entry = records.get(id(p))
+                if entry is None:
+                    record = self.state[p] = {}
                     self._init_state(p, group, record)
-                elif not record.keys() >= required:
-                    self._init_state(p, group, record)
+                else:
+                    record = entry[1]
+                    if not record.keys() >= required:
+                        self._init_state(p, group, record)
+                present = full
+                for k in full:
+                    if record[k] is None:  # made by the rule on its first step
+                        present = tuple(k for k in full if record[k] is not None)
+                        break
             else:
-                record = {}
-            present = tuple(k for k in keys if record.get(k) is not None)
-            step = record["step"] + 1 if counts else None
-            buckets.setdefault((present, step), []).append((p, g, record))
+                record, present = {}, ()
+            key = (present, record["step"] + 1 if counts else None)
+            if key != last_key:
+                last_key, last = key, buckets.setdefault(key, [])
+            last.append((p, g, record))
         flags = self._flags(group)
         cache = self._caches.setdefault(id(group), {})
         for (present, step), items in buckets.items():

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from ._hyper import Flag, Real
 from .optimizer import Optimizer
+from .rule import Flag, Real
 
 __all__ = ["SGD"]
 
@@ -99,7 +100,7 @@ class SGD(Optimizer):
         }
         super().__init__(params, defaults, nonfinite=nonfinite)
 
-    hyper = {
+    hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),
         "momentum": Real(),
         "dampening": Real(),

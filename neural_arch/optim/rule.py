@@ -1,5 +1,11 @@
 """An optimizer's arithmetic, written once as a rule and traced into a program.
 
+This module is the vocabulary of rules (see docs/adding_an_optimizer.md):
+the functions a rule may call (:func:`sqrt`, :func:`abs`, :func:`sign`,
+:func:`maximum`, :func:`minimum`, :func:`where`, :func:`lerp`) and the
+hyperparameter specs an optimizer declares (:class:`Real`, :class:`Flag`,
+:class:`Pair`).
+
 An elementwise optimizer writes its update as a plain Python function of the
 parameter ``p``, its gradient ``g``, its state arrays (by their state keys)
 and two namespaces: ``s``, the named per-step scalars, and ``f``, the flags::
@@ -35,7 +41,22 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-__all__ = ["Program", "abs", "lerp", "maximum", "minimum", "sign", "sqrt", "trace", "where"]
+from ._hyper import Flag, Pair, Real
+
+__all__ = [
+    "Flag",
+    "Pair",
+    "Program",
+    "Real",
+    "abs",
+    "lerp",
+    "maximum",
+    "minimum",
+    "sign",
+    "sqrt",
+    "trace",
+    "where",
+]
 
 #: ops with two operands (arrays or scalars); their symbols in Python and C
 BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -130,7 +151,7 @@ def sqrt(x: Sym) -> Sym:
     return _unary("sqrt", x)
 
 
-def abs(x: Sym) -> Sym:  # noqa: A001 - the rule's vocabulary is the namespace's
+def abs(x: Sym) -> Sym:
     """Elementwise absolute value."""
     return _unary("abs", x)
 
@@ -292,7 +313,7 @@ class Program:
 _programs: dict[tuple, Program] = {}
 
 
-def trace(rule: Callable[..., Mapping[str, Any]], present: tuple[str, ...], flags: Mapping) -> Program:
+def trace(rule: Callable[..., Mapping], present: tuple[str, ...], flags: Mapping) -> Program:
     """The :class:`Program` of ``rule`` for the state arrays ``present`` and the ``flags``.
 
     ``present`` names the state arrays that exist (the others are passed as
@@ -336,7 +357,9 @@ def _compact(name: str, tape: _Tape, outputs: dict[str, int]) -> Program:
     nodes = []
     for old in order:
         op, args = tape.nodes[old]
-        nodes.append((op, args if op in ("input", "scalar") else tuple(new_index[a] for a in args)))
+        if op not in ("input", "scalar"):
+            args = tuple(new_index[a] for a in args)
+        nodes.append((op, args))
     last_use = [-1] * len(nodes)
     for i, (op, args) in enumerate(nodes):
         if op not in ("input", "scalar"):
