@@ -174,7 +174,8 @@ def run_generic(
         else:
             operands = [vals[k] for k in args]
             if op in ("maximum", "minimum", "where"):
-                like = next(v for v in operands[::-1] if not isinstance(v, float))
+                arrays = [v for v in operands if not isinstance(v, float) and v.dtype != xp.bool]
+                like = arrays[0] if arrays else param
                 operands = [_as_array(xp, v, like) for v in operands]
             result = getattr(xp, _XP_FUNCS[op])(*operands)
         if where is None and _writable(result) and getattr(result, "shape", None) == param.shape:

@@ -227,7 +227,9 @@ class _Tape:
                 raise TypeError("a rule mixes values of two traces")
             kinds.append(a._kind)
         if op in COMPARE:
-            kind = "bool"
+            if "bool" in kinds:
+                raise TypeError(f"comparison {op!r} in a rule got a comparison as an operand")
+            kind = "bool" if "array" in kinds else "scalar"
         elif op in LOGIC or op == "not":
             if any(k != "bool" for k in kinds):
                 raise TypeError(f"{LOGIC.get(op, '~')} in a rule combines comparisons only")
@@ -235,7 +237,7 @@ class _Tape:
         elif op == "where":
             if kinds[0] != "bool" or "bool" in kinds[1:]:
                 raise TypeError("where(cond, a, b) takes a comparison and two numeric values")
-            kind = "array" if "array" in kinds else "scalar"
+            kind = "array"  # the shape of the comparison, which involves an array
         else:
             if "bool" in kinds:
                 raise TypeError(f"operation {op!r} in a rule got a comparison as an operand")
