@@ -394,6 +394,9 @@ def _point_at_grads(program: Program, table: _Table, grads: list, infos: dict, d
             table.rows[r, column] = view.__array_interface__["data"][0]
     table.grad_ok = ok
     table.grad_refs = [weakref.ref(g) for g in grads]
+    if len(infos) > 2 * len(grads) + 64:  # forget gradients that are gone
+        for key in [k for k, info in infos.items() if info[0]() is None]:
+            del infos[key]
 
 
 def _split(rows: Any, sizes: Any, threads: int, itemsize: int) -> tuple[Any, Any]:

@@ -17,7 +17,9 @@ or a small class of your own.  The optimizer knows nothing of ``nn``.
 from __future__ import annotations
 
 import inspect
+import itertools
 import numbers
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -45,11 +47,13 @@ class _ParamState(Mapping):
 
     def __init__(self) -> None:
         self._records: dict[int, tuple[Any, dict[str, Any]]] = {}
+        self._version = 0  # changes whenever a record is added, replaced or removed
 
     def __getitem__(self, param: Any) -> dict[str, Any]:
         entry = self._records.get(id(param))
         if entry is None:
             entry = self._records[id(param)] = (param, {})
+            self._version += 1
         return entry[1]
 
     def get(self, param: Any, default: Any = None) -> Any:
@@ -58,6 +62,7 @@ class _ParamState(Mapping):
 
     def __setitem__(self, param: Any, record: dict[str, Any]) -> None:
         self._records[id(param)] = (param, record)
+        self._version += 1
 
     def __contains__(self, param: object) -> bool:
         return id(param) in self._records
@@ -70,6 +75,7 @@ class _ParamState(Mapping):
 
     def clear(self) -> None:
         self._records.clear()
+        self._version += 1
 
     def __repr__(self) -> str:
         return f"<optimizer state of {len(self)} parameters>"
@@ -143,6 +149,14 @@ def _as_param_list(params: Any, where: str) -> tuple[list[Any], list[Any] | None
         f"{where} must be an iterable of parameters, a dict name -> parameter, or a list "
         f"of parameter-group dicts, got {type(params).__name__}"
     )
+
+
+_get_step = operator.itemgetter("step")
+
+
+def _has_none(records: list[dict], key: str) -> bool:
+    """Whether some record's ``key`` is None (compared by identity: values may be arrays)."""
+    return any(map(operator.is_, map(operator.itemgetter(key), records), itertools.repeat(None)))
 
 
 def _state_keys(rule: Callable) -> tuple[str, ...]:
@@ -409,15 +423,57 @@ class Optimizer:
         if rule is None:
             name = type(self).__name__
             raise NotImplementedError(f"{name} defines neither _rule nor _update_group")
+        cache = self._caches.setdefault(id(group), {})
+        buckets = self._buckets(group, pairs, _state_keys(rule), cache)
+        flags = self._flags(group)
+        for (present, step), items in buckets.items():
+            program = trace(rule, present, flags)
+            scalars = {k: float(v) for k, v in self._scalars(group, step).items()}
+            missing = [k for k in program.scalars if k not in scalars]
+            if missing:
+                raise KeyError(f"{type(self).__name__}._scalars() does not provide {missing}")
+            for i in _fastpath.run(program, items, scalars, cache):
+                p, g, record = items[i]
+                arrays = {k: record.get(k) for k in program.arrays}
+                arrays["param"], arrays["grad"] = p.data, g
+                out = _engine.run_generic(program, namespace(p.data), arrays, scalars)
+                p.data = out.pop("param")
+                record.update(out)
+            if step is not None:
+                for _, _, record in items:
+                    record["step"] = step
+
+    def _buckets(self, group: dict, pairs: list, keys: tuple, cache: dict) -> dict:
+        """``{(present state arrays, step): [(param, grad, record), ...]}`` for this step.
+
+        A new parameter's record is made here.  When the group's parameters,
+        the optimizer's records and their steps are those of the last step
+        (the steady state of training), the buckets are made without a loop
+        over the parameters in Python.
+        """
         required = self._state_spec(group)
-        full = tuple(k for k in _state_keys(rule) if k in required)  # the arrays when all exist
+        full = tuple(k for k in keys if k in required)  # the arrays when all exist
         counts = "step" in required
-        records = self.state._records
+        params = [p for p, _ in pairs]
+        memo = cache.get("memo")
+        if memo is not None and memo[0] == (self.state._version, required, len(params)):
+            _, old_params, records, present, step = memo
+            if (
+                all(map(operator.is_, params, old_params))
+                and (not counts or set(map(_get_step, records)) == {step})
+                and not any(_has_none(records, k) for k in present)
+            ):
+                if counts:
+                    step += 1
+                    cache["memo"] = (memo[0], old_params, records, present, step)
+                items = list(zip(params, [g for _, g in pairs], records, strict=True))
+                return {(present, step): items}
+        records_by_id = self.state._records
         buckets: dict[tuple, list[tuple[Any, Any, dict]]] = {}
         last_key, last = None, None
         for p, g in pairs:  # the hot loop of a step: keep it lean
             if required:
-                entry = records.get(id(p))
+                entry = records_by_id.get(id(p))
                 if entry is None:
                     record = self.state[p] = {}
                     self._init_state(p, group, record)
@@ -436,24 +492,14 @@ class Optimizer:
             if key != last_key:
                 last_key, last = key, buckets.setdefault(key, [])
             last.append((p, g, record))
-        flags = self._flags(group)
-        cache = self._caches.setdefault(id(group), {})
-        for (present, step), items in buckets.items():
-            program = trace(rule, present, flags)
-            scalars = {k: float(v) for k, v in self._scalars(group, step).items()}
-            missing = [k for k in program.scalars if k not in scalars]
-            if missing:
-                raise KeyError(f"{type(self).__name__}._scalars() does not provide {missing}")
-            for i in _fastpath.run(program, items, scalars, cache):
-                p, g, record = items[i]
-                arrays = {k: record.get(k) for k in program.arrays}
-                arrays["param"], arrays["grad"] = p.data, g
-                out = _engine.run_generic(program, namespace(p.data), arrays, scalars)
-                p.data = out.pop("param")
-                record.update(out)
-            if counts:
-                for _, _, record in items:
-                    record["step"] = step
+        cache.pop("memo", None)
+        if len(buckets) == 1 and required:  # one kind of parameter: next step may skip the loop
+            ((present, step),) = buckets
+            if present == full:
+                records = [record for _, _, record in last]
+                memo_key = (self.state._version, required, len(params))
+                cache["memo"] = (memo_key, params, records, present, step)
+        return buckets
 
     # ---------------------------------------------------------- state dict
 
