@@ -6,9 +6,20 @@ import numpy as np
 
 from neural_arch.backend import to_numpy
 
-__all__ = ["assert_close", "rtol_for", "to_np"]
+__all__ = ["P", "assert_close", "rtol_for", "to_np"]
 
 to_np = to_numpy
+
+
+class P:
+    """The smallest parameter the optimizers accept: ``.data`` and ``.grad``."""
+
+    def __init__(self, data, grad=None):
+        self.data = data
+        self.grad = grad
+
+    def __repr__(self):
+        return f"P(shape={tuple(self.data.shape)})"
 
 
 def rtol_for(dtype) -> float:

@@ -6,19 +6,13 @@ import math
 
 import numpy as np
 import pytest
-from _helpers import assert_close, to_np
+from _helpers import P, assert_close, to_np
 
 from neural_arch import backend
 from neural_arch.backend import backend_name, to_backend
 from neural_arch.optim import clip_grad_norm_, clip_grad_value_
 
 SHAPES = [(), (4,), (2, 3)]
-
-
-class P:
-    def __init__(self, data, grad=None):
-        self.data = data
-        self.grad = grad
 
 
 def _grads(scale=1.0, seed=0):

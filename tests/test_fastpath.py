@@ -3,21 +3,25 @@
 The generic rule is the reference: the same optimizer runs twice, once with
 the fast path and once with it switched off, and the two must agree to the
 last bit (the kernels do the generic rule's operations in its order, with no
-fused multiply-add), over many steps and every option.
+fused multiply-add), over many steps and every option.  That comparison, over
+the whole option grid of tests/optimizers.py, and the all-or-nothing refusal
+of non-finite gradients are in test_optimizer_table.py; the checks here are
+the fast path's own: switching paths, threads, strides, fallbacks, memory.
 """
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from _helpers import P
+from optimizers import case_params
 
 import neural_arch as na
 import neural_arch.optim
-from neural_arch.optim import _fastpath
+from neural_arch.optim import _engine, _fastpath
 
 
 @pytest.fixture
@@ -26,54 +30,10 @@ def kernels():
     pytest.importorskip("numba", reason="the NumPy fast path needs numba (neural_arch[fast])")
     if not _fastpath.enabled():
         pytest.skip("the fast path is switched off (NEURAL_ARCH_FASTPATH=0)")
-    assert _fastpath._kernels(), "numba imports but the kernels do not"
-
-
-class P:
-    def __init__(self, data, grad=None):
-        self.data, self.grad = data, grad
+    assert _fastpath._numba(), "numba imports but neural_arch's numba support does not"
 
 
 SHAPES = ((3, 4), (), (7,), (2, 3, 5), (1,))
-
-ADAM_GRID = {
-    "amsgrad": (False, True),
-    "maximize": (False, True),
-    "weight_decay": (0.0, 0.1),
-    "betas": ((0.9, 0.999), (0.3, 0.9)),  # 1 - beta1 = 0.7 takes the other branch of the lerp
-}
-SGD_GRID = {
-    "momentum": (0.0, 0.9),
-    "dampening": (0.0, 0.3),
-    "nesterov": (False, True),
-    "maximize": (False, True),
-    "weight_decay": (0.0, 0.1),
-}
-
-
-def _grid(grid):
-    for values in itertools.product(*grid.values()):
-        kw = dict(zip(grid, values, strict=True))
-        if kw.get("nesterov") and (kw["momentum"] == 0 or kw["dampening"] != 0):
-            continue
-        yield kw
-
-
-def _cases():
-    for kw in _grid(ADAM_GRID):
-        yield na.Adam, kw
-        if kw["betas"] == (0.9, 0.999):
-            yield na.AdamW, {k: v for k, v in kw.items() if k != "betas"}
-    for kw in _grid(SGD_GRID):
-        yield na.SGD, {"lr": 0.05, **kw}
-
-
-def _case_id(case):
-    cls, kw = case
-    return cls.__name__ + "-" + "-".join(f"{k}={v}" for k, v in kw.items())
-
-
-CASES = list(_cases())
 
 
 @pytest.fixture
@@ -94,17 +54,13 @@ def generic():
 def no_generic_fallback(kernels, monkeypatch):
     """Fail if a parameter the kernels should take goes through the generic rule."""
 
-    def refusing(group_fn):
-        def run(*args, **kwargs):
-            rest = group_fn(*args, **kwargs)
-            if _fastpath.enabled():
-                assert rest == [], f"the fast path left parameters {rest} to the generic rule"
-            return rest
+    real = _engine.run_generic
 
-        return run
+    def refusing(*args, **kwargs):
+        assert not _fastpath.enabled(), "the fast path left a parameter to the generic engine"
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(_fastpath, "adam_group", refusing(_fastpath.adam_group))
-    monkeypatch.setattr(_fastpath, "sgd_group", refusing(_fastpath.sgd_group))
+    monkeypatch.setattr(_engine, "run_generic", refusing)
 
 
 def _train(cls, kw, dtype, steps, shapes=SHAPES, seed=0, nonfinite="raise", grads=None):
@@ -136,33 +92,6 @@ def _assert_same_state(opt_fast, opt_gen, params_fast, params_gen):
             else:
                 assert type(sf[key]) is type(sg[key])
                 _assert_same_bits(sf[key], sg[key])
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_fast_path_matches_generic_bit_for_bit(case, dtype, generic, no_generic_fallback):
-    cls, kw = case
-    with generic:
-        params_gen, opt_gen = _train(cls, kw, dtype, 100)
-    params_fast, opt_fast = _train(cls, kw, dtype, 100)
-    _assert_same_state(opt_fast, opt_gen, params_fast, params_gen)
-    assert opt_fast.step_count == opt_gen.step_count == 100
-
-
-def test_state_layout_and_state_dict_are_the_generic_ones(generic, no_generic_fallback):
-    for cls, kw in [(na.Adam, {"amsgrad": True}), (na.SGD, {"momentum": 0.9})]:
-        _, opt_fast = _train(cls, kw, "float32", 3)
-        with generic:
-            _, opt_gen = _train(cls, kw, "float32", 3)
-        sd_fast, sd_gen = opt_fast.state_dict(), opt_gen.state_dict()
-        assert sd_fast["param_groups"] == sd_gen["param_groups"]
-        assert sd_fast["state"].keys() == sd_gen["state"].keys()
-        for i, record in sd_fast["state"].items():
-            assert record.keys() == sd_gen["state"][i].keys()
-            for key, value in record.items():
-                if key != "step":
-                    assert value.dtype == np.float32
-                    assert value.shape == sd_gen["state"][i][key].shape
 
 
 def test_switching_paths_mid_training_changes_nothing(generic, no_generic_fallback):
@@ -233,34 +162,6 @@ def test_first_nonfinite_leaves_other_arrays_to_the_generic_check(kernels):
     assert _fastpath.first_nonfinite([(None, g[::2])]) is None  # not contiguous
     assert _fastpath.first_nonfinite([(None, g.astype("float16"))]) is None
     assert _fastpath.first_nonfinite([(None, g), (None, [1.0])]) is None
-
-
-@pytest.mark.parametrize("mode", ["raise", "skip"])
-@pytest.mark.parametrize("cls, kw", [(na.Adam, {"amsgrad": True}), (na.SGD, {"momentum": 0.9})])
-def test_nonfinite_step_changes_nothing_on_the_fast_path(cls, kw, mode, no_generic_fallback):
-    params, opt = _train(cls, kw, "float32", 3, nonfinite=mode)
-    before = [p.data.copy() for p in params]
-    state_before = {
-        i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in opt.state[p].items()}
-        for i, p in enumerate(params)
-    }
-    for p in params:
-        p.grad = np.ones_like(p.data)
-    params[3].grad[1, 2, 0] = np.nan
-    if mode == "raise":
-        with pytest.raises(FloatingPointError, match="parameter 3"):
-            opt.step()
-    else:
-        opt.step()
-        assert opt.skipped_steps == 1
-    assert opt.step_count == 3
-    for i, p in enumerate(params):
-        _assert_same_bits(p.data, before[i])
-        for key, value in opt.state[p].items():
-            if isinstance(value, np.ndarray):
-                _assert_same_bits(value, state_before[i][key])
-            else:
-                assert value == state_before[i][key]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -341,11 +242,13 @@ def test_arrays_the_kernels_do_not_take_go_the_generic_way(generic, kernels):
 
 def test_other_backends_are_not_taken():
     xps = pytest.importorskip("array_api_strict")
+    from neural_arch.optim import sgd
+    from neural_arch.optim.rule import trace
+
     p = P(xps.ones(3), xps.ones(3))
     opt = na.SGD([p], lr=0.5)
-    pairs, records = [(p, p.grad)], [{"momentum_buffer": None}]
-    assert _fastpath.sgd_group(pairs, records, opt.param_groups[0]) == [0]
-    assert _fastpath.adam_group(pairs, records, {}, decoupled=False) == [0]
+    program = trace(sgd.sgd, (), sgd.flags(opt.param_groups[0]))
+    assert _fastpath.run(program, [(p, p.grad, {})], sgd.scalars(opt.param_groups[0]), {}) == [0]
     opt.step()
     assert float(p.data[0]) == 0.5
 
@@ -356,7 +259,7 @@ def test_without_numba_the_generic_path_runs_silently(monkeypatch, generic):
     monkeypatch.delitem(sys.modules, "neural_arch.optim._numba", raising=False)
     monkeypatch.delattr(neural_arch.optim, "_numba", raising=False)
     monkeypatch.setattr(_fastpath, "_loaded", {})
-    assert _fastpath._kernels() is False
+    assert _fastpath._numba() is False
     params, opt = _train(na.Adam, {"amsgrad": True}, "float32", 5)
     assert _fastpath.first_nonfinite([(None, params[0].grad)]) is None
     with generic:
@@ -403,15 +306,14 @@ def _cupy():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_cupy_fast_path_matches_generic_bit_for_bit(case, dtype, generic, monkeypatch):
+@pytest.mark.parametrize(("entry", "kw"), case_params())
+def test_cupy_fast_path_matches_generic_bit_for_bit(entry, kw, dtype, generic, monkeypatch):
     cupy = _cupy()
-    cls, kw = case
 
     def train():
         rng = np.random.default_rng(0)
         params = [P(cupy.asarray(rng.standard_normal(s).astype(dtype))) for s in SHAPES]
-        opt = cls(params, **kw)
+        opt = entry.make(params, **kw)
         for _ in range(100):
             for p in params:
                 p.grad = cupy.asarray(rng.standard_normal(p.data.shape).astype(dtype))
@@ -422,10 +324,9 @@ def test_cupy_fast_path_matches_generic_bit_for_bit(case, dtype, generic, monkey
         gen, opt_gen = train()
 
     def refuse(*args, **kwargs):
-        raise AssertionError("the CuPy fast path fell back to the generic rule")
+        raise AssertionError("the CuPy fast path fell back to the generic engine")
 
-    monkeypatch.setattr(_fastpath, "_adam_generic", refuse)
-    monkeypatch.setattr(_fastpath, "_sgd_generic", refuse)
+    monkeypatch.setattr(_engine, "run_generic", refuse)
     fast, opt_fast = train()
     for pf, pg in zip(fast, gen, strict=True):
         np.testing.assert_array_equal(cupy.asnumpy(pf.data), cupy.asnumpy(pg.data))

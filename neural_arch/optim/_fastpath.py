@@ -166,33 +166,35 @@ def first_nonfinite(pairs: list[tuple[Any, Any]], cache: dict | None = None) -> 
         if table is None:
             return None
         cache["check"] = table
-    return int(kernels.first_nonfinite(*table[1:]))
+    first = -1
+    for index, addresses, sizes, mask in table[1]:  # one call per dtype in the group
+        k = int(kernels.first_nonfinite(addresses, sizes, mask))
+        if k >= 0 and (first < 0 or index[k] < first):
+            first = index[k]
+    return first
 
 
 def _check_table(grads: list, cache: dict) -> tuple | None:
-    """(weakrefs, addresses, sizes, exponent mask) of the gradients; None if one does not fit."""
+    """(weakrefs, [(indices, addresses, sizes, exponent mask) per dtype]); None if one won't do."""
     infos = cache.get("grads", {})
     fresh: dict = {}
-    dtype = grads[0].dtype
-    addresses, sizes = [], []
-    for g in grads:
+    by_dtype: dict[Any, tuple[list, list, list]] = {}
+    for i, g in enumerate(grads):
         info = _grad_info(infos, g)
-        if info is None or info[2] == "X" or g.dtype != dtype:
+        if info is None or info[2] == "X":
             return None
         fresh[id(g)] = info
+        index, addresses, sizes = by_dtype.setdefault(g.dtype, ([], [], []))
+        index.append(i)
         addresses.append(info[1])
         sizes.append(g.size)
     cache["grads"] = fresh  # forget the gradients of earlier steps
-    uint, mask = _numba().EXPONENT_MASKS[dtype]
-    refs = [info[0] for info in fresh.values()] if len(fresh) == len(grads) else None
-    if refs is None:  # a gradient given twice: refs in order all the same
-        refs = [weakref.ref(g) for g in grads]
-    return (
-        refs,
-        np.array(addresses, np.int64),
-        np.array(sizes, np.int64),
-        np.full(1, mask, uint),
-    )
+    tables = []
+    for dtype, (index, addresses, sizes) in by_dtype.items():
+        uint, mask = _numba().EXPONENT_MASKS[dtype]
+        arrays = np.array(addresses, np.int64), np.array(sizes, np.int64), np.full(1, mask, uint)
+        tables.append((index, *arrays))
+    return [weakref.ref(g) for g in grads], tables
 
 
 # ------------------------------------------------------------------- update
