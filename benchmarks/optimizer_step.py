@@ -295,7 +295,7 @@ def main() -> None:
             pass
 
         device = platform.processor() or platform.machine()
-    kernels = "numba " + __import__("numba").__version__ if _fastpath._kernels() else "none"
+    kernels = "numba " + __import__("numba").__version__ if _fastpath._numba() else "none"
     print(
         f"# {platform.platform()}, {os.cpu_count()} CPUs, {device}; Python "
         f"{platform.python_version()}, NumPy {np.__version__}, fast path: {kernels}, "
