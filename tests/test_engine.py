@@ -206,6 +206,26 @@ def test_numba_kernels_are_cached_on_disk_across_processes(tmp_path):
     assert len(sources) == 1 and "def serial(" in sources[0].read_text()
 
 
+def test_without_a_writable_cache_directory_kernels_compile_in_memory(tmp_path):
+    _numba()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    code = textwrap.dedent(
+        """
+        import numpy as np, neural_arch as na
+        from neural_arch.optim import _fastpath
+        p = type("P", (), {})()
+        p.data, p.grad = np.ones(4), np.full(4, 2.0)
+        na.SGD([p], lr=0.25, weight_decay=0.5).step()
+        assert p.data.tolist() == [0.375] * 4, p.data  # 1 - 0.25 * (2 + 0.5 * 1)
+        (kernels,) = [k for (prog, lib), k in _fastpath._kernels.items() if lib == "numba"]
+        assert not hasattr(kernels, "__file__")
+        """
+    )
+    env = {**os.environ, "NEURAL_ARCH_CACHE_DIR": str(blocker)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
 def test_a_kernel_that_fails_to_compile_warns_once_and_the_generic_engine_takes_over(
     monkeypatch,
 ):
@@ -283,7 +303,8 @@ def _programs():
             "weight_decay": 0.1 if wd else 0.0,
         }
         present = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if ams else ())
-        programs.append(trace(adam.adam, present, adam.flags(group, decoupled=dec)))
+        group["decoupled_weight_decay"] = dec
+        programs.append(trace(adam.adam, present, adam.flags(group)))
     for mom, damp, nest, wd, mx, first in itertools.product(*[(False, True)] * 6):
         group = {
             "momentum": 0.9 if mom else 0.0,

@@ -8,8 +8,8 @@ importing neural_arch never imports numba.
   (``$NEURAL_ARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/neural_arch`` or
   ``~/.cache/neural_arch``) named by a hash of its text, so that numba's
   ``cache=True`` finds the compiled serial kernel again in the next process.
-  Where no directory is writable the kernels are compiled in memory, per
-  process.
+  Where that directory cannot be written the kernels are compiled in
+  memory, per process.
 * :func:`voidptr` turns an address from a pointer table into a pointer the
   kernels wrap with ``numba.carray``: a whole group's arrays in one call.
 * :func:`first_nonfinite` checks a table of gradients in one call: an
@@ -83,14 +83,13 @@ def _cache_dir() -> str | None:
         root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         base = os.path.join(root, "neural_arch")
     path = os.path.join(base, f"kernels-numba{numba.__version__}")
-    for candidate in (path, os.path.join(tempfile.gettempdir(), "neural_arch-kernels")):
-        try:
-            os.makedirs(candidate, exist_ok=True)
-            if os.access(candidate, os.W_OK):
-                return candidate
-        except OSError:
-            continue
-    return None
+    # no fallback to a shared temporary directory: numba's cache index there
+    # would be a pickle another user could have written
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
 
 
 def _holds(path: str, source: str) -> bool:

@@ -29,8 +29,9 @@ def adam(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, s, f):
     return new
 
 
-def flags(group: dict[str, Any], *, decoupled: bool) -> dict[str, bool]:
-    """The branches of :func:`adam` for ``group`` (AdamW: ``decoupled``)."""
+def flags(group: dict[str, Any]) -> dict[str, bool]:
+    """The branches of :func:`adam` for ``group``."""
+    decoupled = group["decoupled_weight_decay"]
     w1 = 1.0 - group["betas"][0]
     return {
         "maximize": group["maximize"],
@@ -114,14 +115,16 @@ class Adam(Optimizer):
             ``beta2`` are accepted as keywords too (giving both spellings
             with different values is a ValueError).
         eps: added to the denominator (default 1e-8).
-        weight_decay: L2 penalty added to the gradient (default 0).  For
-            decoupled decay use :class:`AdamW`.
+        weight_decay: L2 penalty added to the gradient (default 0), or with
+            ``decoupled_weight_decay`` the decay rate of AdamW.
         amsgrad: use the maximum of past second moments.
         maximize: maximize the objective instead of minimizing it.
+        decoupled_weight_decay: decay the parameter instead of adding
+            ``weight_decay * p`` to the gradient: ``Adam(...,
+            decoupled_weight_decay=True)`` is :class:`AdamW` (torch 2.13's
+            keyword; it is a per-group option).
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
     """
-
-    _decoupled = False
 
     def __init__(
         self,
@@ -133,6 +136,7 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         maximize: bool = False,
         *,
+        decoupled_weight_decay: bool = False,
         beta1: float | None = None,
         beta2: float | None = None,
         nonfinite: str = "raise",
@@ -144,6 +148,7 @@ class Adam(Optimizer):
             "weight_decay": weight_decay,
             "amsgrad": amsgrad,
             "maximize": maximize,
+            "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(params, defaults, nonfinite=nonfinite)
 
@@ -177,6 +182,7 @@ class Adam(Optimizer):
         "weight_decay": Real(),
         "amsgrad": Flag(),
         "maximize": Flag(),
+        "decoupled_weight_decay": Flag(),
     }
     _rule = staticmethod(adam)
 
@@ -188,10 +194,10 @@ class Adam(Optimizer):
     def _init_state(self, p: Any, group: dict[str, Any], record: dict[str, Any]) -> None:
         init_state(p.data, record, amsgrad=group["amsgrad"])
 
-    def _flags(self, group: dict[str, Any]) -> dict[str, bool]:
-        return flags(group, decoupled=self._decoupled)
+    def _flags(self, group: dict[str, Any], step: int, state: dict) -> dict[str, bool]:
+        return flags(group)
 
-    def _scalars(self, group: dict[str, Any], step: int | None) -> dict[str, float]:
+    def _scalars(self, group: dict[str, Any], step: int, state: dict) -> dict[str, float]:
         return scalars(group, step)
 
 
@@ -203,11 +209,10 @@ class AdamW(Adam):
 
         p = p * (1 - lr * weight_decay)
 
-    with the group's current ``lr``, then applies Adam's update.  Default
+    with the group's current ``lr``, then applies Adam's update: it is
+    ``Adam(..., decoupled_weight_decay=True)``, as in torch 2.13.  Default
     ``weight_decay`` 0.01 (PyTorch's).  All other arguments as :class:`Adam`.
     """
-
-    _decoupled = True
 
     def __init__(
         self,
@@ -231,6 +236,7 @@ class AdamW(Adam):
             weight_decay=weight_decay,
             amsgrad=amsgrad,
             maximize=maximize,
+            decoupled_weight_decay=True,
             beta1=beta1,
             beta2=beta2,
             nonfinite=nonfinite,

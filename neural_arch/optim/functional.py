@@ -162,8 +162,9 @@ def adam_step(
         "weight_decay": weight_decay,
         "amsgrad": amsgrad,
         "maximize": maximize,
+        "decoupled_weight_decay": decoupled_weight_decay,
     }
     step = state["step"] + 1
-    flags = _adam.flags(group, decoupled=decoupled_weight_decay)
+    flags = _adam.flags(group)
     scalars = _adam.scalars(group, step)
     return _apply(_adam.adam, flags, scalars, param, grad, state, inplace, step)

@@ -154,6 +154,11 @@ def _as_param_list(params: Any, where: str) -> tuple[list[Any], list[Any] | None
 _get_step = operator.itemgetter("step")
 
 
+def _as_tuple(values: Any, keys: tuple[str, ...]) -> tuple:
+    """What ``itemgetter(*keys)`` returned, as a tuple also for one key."""
+    return (values,) if len(keys) == 1 else tuple(values)
+
+
 def _has_none(records: list[dict], key: str) -> bool:
     """Whether some record's ``key`` is None (compared by identity: values may be arrays)."""
     return any(map(operator.is_, map(operator.itemgetter(key), records), itertools.repeat(None)))
@@ -393,12 +398,24 @@ class Optimizer:
 
     # ----------------------------------------------------------- the rule
 
-    def _flags(self, group: dict[str, Any]) -> dict[str, bool]:
-        """The rule's flags for ``group`` (``f`` in the rule): branches chosen before tracing."""
+    #: per-parameter state that is a number, not an array (NAdam's ``mu_product``)
+    _scalar_state: ClassVar[tuple[str, ...]] = ()
+
+    def _flags(self, group: dict[str, Any], step: int | None, state: dict) -> dict[str, bool]:
+        """The rule's flags (``f`` in the rule): branches chosen before tracing.
+
+        ``step`` is the step being taken (None when no step count is kept);
+        ``state`` holds the parameters' :attr:`_scalar_state` before it.
+        """
         return {}
 
-    def _scalars(self, group: dict[str, Any], step: int | None) -> dict[str, float]:
-        """The rule's scalars (``s``) for ``group`` at ``step`` (None: no step count kept)."""
+    def _scalars(self, group: dict[str, Any], step: int | None, state: dict) -> dict[str, float]:
+        """The rule's scalars (``s``) for ``group`` at ``step``.
+
+        ``state`` is a copy of the parameters' :attr:`_scalar_state`; update
+        it to the values after this step (they are stored once the step has
+        been applied).
+        """
         return {}
 
     def _init_state(self, p: Any, group: dict[str, Any], record: dict[str, Any]) -> None:
@@ -425,10 +442,11 @@ class Optimizer:
             raise NotImplementedError(f"{name} defines neither _rule nor _update_group")
         cache = self._caches.setdefault(id(group), {})
         buckets = self._buckets(group, pairs, _state_keys(rule), cache)
-        flags = self._flags(group)
-        for (present, step), items in buckets.items():
-            program = trace(rule, present, flags)
-            scalars = {k: float(v) for k, v in self._scalars(group, step).items()}
+        for (present, step, values), items in buckets.items():
+            old = dict(zip(self._scalar_state, values, strict=True))
+            program = trace(rule, present, self._flags(group, step, old))
+            new = dict(old)
+            scalars = {k: float(v) for k, v in self._scalars(group, step, new).items()}
             missing = [k for k in program.scalars if k not in scalars]
             if missing:
                 raise KeyError(f"{type(self).__name__}._scalars() does not provide {missing}")
@@ -440,8 +458,10 @@ class Optimizer:
                 p.data = out.pop("param")
                 record.update(out)
             if step is not None:
+                new["step"] = step
+            if new:
                 for _, _, record in items:
-                    record["step"] = step
+                    record.update(new)
 
     def _buckets(self, group: dict, pairs: list, keys: tuple, cache: dict) -> dict:
         """``{(present state arrays, step): [(param, grad, record), ...]}`` for this step.
@@ -456,6 +476,7 @@ class Optimizer:
         counts = "step" in required
         params = [p for p, _ in pairs]
         memo = cache.get("memo")
+        numbers_of = operator.itemgetter(*self._scalar_state) if self._scalar_state else None
         if memo is not None and memo[0] == (self.state._version, required, len(params)):
             _, old_params, records, present, step = memo
             if (
@@ -467,7 +488,7 @@ class Optimizer:
                     step += 1
                     cache["memo"] = (memo[0], old_params, records, present, step)
                 items = list(zip(params, [g for _, g in pairs], records, strict=True))
-                return {(present, step): items}
+                return {(present, step, ()): items}
         records_by_id = self.state._records
         buckets: dict[tuple, list[tuple[Any, Any, dict]]] = {}
         last_key, last = None, None
@@ -488,13 +509,17 @@ class Optimizer:
                         break
             else:
                 record, present = {}, ()
-            key = (present, record["step"] + 1 if counts else None)
+            key = (
+                present,
+                record["step"] + 1 if counts else None,
+                () if numbers_of is None else _as_tuple(numbers_of(record), self._scalar_state),
+            )
             if key != last_key:
                 last_key, last = key, buckets.setdefault(key, [])
             last.append((p, g, record))
         cache.pop("memo", None)
-        if len(buckets) == 1 and required:  # one kind of parameter: next step may skip the loop
-            ((present, step),) = buckets
+        if len(buckets) == 1 and required and numbers_of is None:  # next step may skip the loop
+            ((present, step, _),) = buckets
             if present == full:
                 records = [record for _, _, record in last]
                 memo_key = (self.state._version, required, len(params))
@@ -580,12 +605,13 @@ class Optimizer:
         self.step_count = int(state_dict.get("step_count", 0))
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
 
-    @staticmethod
-    def _convert_record(record: Mapping[str, Any], p: Any, name: Any) -> dict[str, Any]:
+    def _convert_record(self, record: Mapping[str, Any], p: Any, name: Any) -> dict[str, Any]:
         xp, dev = namespace(p.data), device(p.data)
         out: dict[str, Any] = {}
         for key, value in record.items():
-            if key == "step":
+            if key in self._scalar_state:  # torch keeps these as 0-d tensors
+                out[key] = float(value)
+            elif key == "step":
                 out[key] = int(float(value)) if not isinstance(value, int) else value
             elif value is None or not array_api_compat.is_array_api_obj(value):
                 out[key] = value

@@ -125,8 +125,8 @@ class SGD(Optimizer):
     def _init_state(self, p: Any, group: dict[str, Any], record: dict[str, Any]) -> None:
         record.setdefault("momentum_buffer", None)  # the rule makes it on the first step
 
-    def _flags(self, group: dict[str, Any]) -> dict[str, bool]:
+    def _flags(self, group: dict[str, Any], step: None, state: dict) -> dict[str, bool]:
         return flags(group)
 
-    def _scalars(self, group: dict[str, Any], step: int | None) -> dict[str, float]:
+    def _scalars(self, group: dict[str, Any], step: None, state: dict) -> dict[str, float]:
         return scalars(group)
