@@ -116,6 +116,49 @@ def run_generic(
     state the rule creates maps to None); ``scalars`` maps the program's
     scalar names to Python floats.  Parameter and state arrays that are
     writable are updated in place and returned; on immutable arrays new
+    arrays are returned.  The gradient is never written.
+
+    The common case (writable arrays of one dtype and shape, at least 1-d)
+    runs a Python function generated from the program, whose in-place
+    choices were made once, when it was generated; every other case goes
+    through :func:`_interpret`, which makes them array by array.  Both do
+    the same operations in the same order.
+    """
+    param = arrays["param"]
+    compiled = _py_kernels.get(program)
+    if compiled is None:
+        compiled = _py_kernels[program] = _compile_python(program)
+    if compiled is not False and _uniform(compiled[1], arrays, param):
+        kernel, inputs, names = compiled
+        args = [arrays[k] for k, _ in inputs]
+        return kernel(xp, param, *args, *[scalars[k] for k in names])
+    return _interpret(program, xp, arrays, scalars)
+
+
+_py_kernels: dict[Program, Any] = {}
+
+
+def _uniform(inputs: tuple[tuple[str, bool], ...], arrays: dict[str, Array], param: Any) -> bool:
+    """The generated function's assumptions: writable, one dtype and shape, not 0-d."""
+    if not param.shape or not _writable(param):
+        return False
+    dtype, shape = param.dtype, param.shape
+    for key, written in inputs:
+        a = arrays[key]
+        if a.dtype != dtype or a.shape != shape or (written and not _writable(a)):
+            return False
+    return True
+
+
+def _interpret(
+    program: Program, xp: Any, arrays: dict[str, Array], scalars: dict[str, float]
+) -> dict[str, Array]:
+    """:func:`run_generic` for any arrays, deciding where each value lives as it goes.
+
+    ``arrays`` maps ``"param"``, ``"grad"`` and the state keys to arrays (a
+    state the rule creates maps to None); ``scalars`` maps the program's
+    scalar names to Python floats.  Parameter and state arrays that are
+    writable are updated in place and returned; on immutable arrays new
     arrays are returned.  The gradient is never written.  A new value is
     rounded to its destination's dtype where it is made (a float64
     gradient on a float32 parameter leaves float32 state).
@@ -229,6 +272,104 @@ def _store(program, xp, dst, vals, home, param) -> dict[str, Array]:
             old[...] = value
             out[key] = old
     return out
+
+
+def python_source(program: Program) -> str | None:
+    """A Python function running ``program`` on writable arrays of one dtype, in place.
+
+    The choices :func:`_interpret` makes at run time are made here once,
+    assuming every array is writable and of the parameter's dtype and
+    shape; None for the rare program whose outputs would need copies to be
+    ordered (an output that is another output's old array).
+    """
+    dsts = {k for k, _ in program.outputs}
+    outs_of: dict[int, tuple[str, ...]] = {}
+    for key, node in program.outputs:
+        outs_of[node] = (*outs_of.get(node, ()), key)
+    names: list[str] = []
+    homes: list[str | None] = []  # "t": a temporary of ours; a key: that output's array
+    free: list[str] = []
+    lines: list[str] = []
+    last = program.last_use
+    for i, (op, args) in enumerate(program.nodes):
+        if op == "input":
+            names.append(f"a_{args[0]}")
+            homes.append(args[0] if args[0] in dsts else None)
+            continue
+        if op == "scalar":
+            names.append(f"s_{args[0]}")
+            homes.append(None)
+            continue
+        outs = outs_of.get(i, ())
+        arg_names = [names[a] for a in args]
+        name, home = f"v{i}", "t"
+        if op in _IN_PLACE:
+            symbol = BINARY[op]
+            for j in (0, 1) if op in _COMMUTATIVE else (0,):
+                mine, other = args[j], args[1 - j]
+                h = homes[mine]
+                if h is not None and last[mine] == i and (h == "t" or outs in ((), (h,))):
+                    lines.append(f"{names[mine]} {symbol}= {names[other]}")
+                    name, home = names[mine], h
+                    break
+            else:
+                if free and program.kinds[args[0]] == "array":
+                    name = free.pop()
+                    lines.append(f"{name}[...] = {arg_names[0]}")
+                    lines.append(f"{name} {symbol}= {arg_names[1]}")
+                else:
+                    lines.append(f"{name} = {arg_names[0]} {symbol} {arg_names[1]}")
+        elif op in COMPARE:
+            lines.append(f"{name} = {arg_names[0]} {COMPARE[op]} {arg_names[1]}")
+            home = None
+        elif op == "neg":
+            lines.append(f"{name} = -{arg_names[0]}")
+        elif op in ("maximum", "minimum", "where"):
+            lines.append(f"{name} = _mixed(xp, like, {op!r}, {', '.join(arg_names)})")
+        else:
+            lines.append(f"{name} = xp.{_XP_FUNCS[op]}({', '.join(arg_names)})")
+            home = None if program.kinds[i] == "bool" else "t"
+        names.append(name)
+        homes.append(home)
+        for a in set(args):
+            if last[a] == i and homes[a] == "t" and names[a] != name:
+                free.append(names[a])
+    result, claimed = [], set()
+    for key, node in program.outputs:
+        h = homes[node]
+        if h not in (None, "t", key):
+            return None
+        if h == key:
+            result.append(f"{key!r}: a_{key}")
+        elif key in program.inputs:
+            lines.append(f"a_{key}[...] = {names[node]}")
+            result.append(f"{key!r}: a_{key}")
+        elif h == "t" and node not in claimed:
+            claimed.add(node)
+            result.append(f"{key!r}: {names[node]}")
+        else:
+            result.append(f"{key!r}: xp.asarray({names[node]}, copy=True)")
+    inputs = [f"a_{k}" for k in program.arrays if k in program.inputs]
+    params = ", ".join(["xp", "like", *inputs, *(f"s_{k}" for k in program.scalars)])
+    body = "\n".join(f"    {line}" for line in [*lines, f"return {{{', '.join(result)}}}"])
+    return f"def kernel({params}):\n{body}\n"
+
+
+def _mixed(xp: Any, like: Array, op: str, *operands: Any) -> Array:
+    """``xp.<op>`` with Python floats as 0-d arrays of ``like``'s dtype and device."""
+    return getattr(xp, op)(*(_as_array(xp, v, like) for v in operands))
+
+
+def _compile_python(program: Program) -> Any:
+    """(the function :func:`python_source` writes, its array inputs, its scalars), or False."""
+    source = python_source(program)
+    if source is None:
+        return False
+    namespace: dict[str, Any] = {"_mixed": _mixed}
+    exec(compile(source, f"<neural_arch rule {program.name}>", "exec"), namespace)
+    written = {k for k, _ in program.outputs}
+    inputs = tuple((k, k in written) for k in program.arrays if k in program.inputs)
+    return namespace["kernel"], inputs, program.scalars
 
 
 # ----------------------------------------------------------------- numba

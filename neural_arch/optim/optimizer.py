@@ -450,11 +450,15 @@ class Optimizer:
             missing = [k for k in program.scalars if k not in scalars]
             if missing:
                 raise KeyError(f"{type(self).__name__}._scalars() does not provide {missing}")
+            kind, xp = None, None
             for i in _fastpath.run(program, items, scalars, cache):
                 p, g, record = items[i]
                 arrays = {k: record.get(k) for k in program.arrays}
-                arrays["param"], arrays["grad"] = p.data, g
-                out = _engine.run_generic(program, namespace(p.data), arrays, scalars)
+                x = p.data
+                arrays["param"], arrays["grad"] = x, g
+                if type(x) is not kind:  # a group holds one library: look it up once
+                    kind, xp = type(x), namespace(x)
+                out = _engine.run_generic(program, xp, arrays, scalars)
                 p.data = out.pop("param")
                 record.update(out)
             if step is not None:

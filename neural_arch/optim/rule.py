@@ -38,6 +38,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import SimpleNamespace
 from typing import Any
 
@@ -294,17 +295,17 @@ class Program:
     outputs: tuple[tuple[str, int], ...]
     last_use: tuple[int, ...]
 
-    @property
+    @cached_property
     def inputs(self) -> tuple[str, ...]:
         """Names of the arrays the program reads, in node order."""
         return tuple(args[0] for op, args in self.nodes if op == "input")
 
-    @property
+    @cached_property
     def scalars(self) -> tuple[str, ...]:
         """Names of the scalars the program reads, in node order."""
         return tuple(args[0] for op, args in self.nodes if op == "scalar")
 
-    @property
+    @cached_property
     def arrays(self) -> tuple[str, ...]:
         """Every array the program touches: its inputs, then outputs it only writes."""
         names = list(self.inputs)
