@@ -13,7 +13,8 @@ pass:
   C-contiguous (a transposed matrix product) are copied to a reused buffer.
 * CuPy arrays (CuPy installed, a CUDA device): the ``ElementwiseKernel``
   generated from the rule (:func:`._engine.cupy_source`), one launch per
-  parameter (a launch is asynchronous; the arrays stay where they are).
+  parameter on that parameter's device (a launch is asynchronous; the
+  arrays stay where they are, with any strides).
 
 :func:`run` returns the parameters it did not take (another library or
 dtype, a mixed-dtype gradient, a strided or read-only parameter or state
@@ -453,7 +454,8 @@ def _run_cupy(program: Program, items: list, scalars: dict[str, float]) -> list[
         args = [arrays[k] for k in read_only] + [scalars[k] for k in program.scalars]
         args += [arrays[k] for k in out_names]
         try:
-            kernel(*args)
+            with x.device:  # launch on the array's own GPU
+                kernel(*args)
         except cupy.cuda.compiler.CompileException as error:
             _broken(program, "cupy", error)
             return rest + list(range(i, len(items)))
