@@ -1,6 +1,6 @@
 """neural_arch: neural-network optimizers written once against the Python Array API.
 
-The same Adam, AdamW and SGD train parameters held in NumPy, CuPy, PyTorch,
+torch.optim's optimizers (and Lion) train parameters held in NumPy, CuPy, PyTorch,
 JAX or array-api-strict arrays; the array namespace always comes from the
 parameters themselves.  Around them: a Tensor with reverse-mode autograd,
 ``Linear`` and friends, losses, schedulers and portable checkpoints.
@@ -33,7 +33,25 @@ from .functional import (
     where,
 )
 from .nn import Dropout, Linear, Module, ReLU, Sequential, Sigmoid, Softmax, Tanh
-from .optim import SGD, Adam, AdamW, Optimizer, clip_grad_norm_, clip_grad_value_
+from .optim import (
+    ASGD,
+    LBFGS,
+    SGD,
+    Adadelta,
+    Adafactor,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Lion,
+    NAdam,
+    Optimizer,
+    RAdam,
+    RMSprop,
+    Rprop,
+    clip_grad_norm_,
+    clip_grad_value_,
+)
 from .tensor import (
     Parameter,
     Tensor,
@@ -47,15 +65,26 @@ from .tensor import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ASGD",
+    "LBFGS",
     "SGD",
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
     "Dropout",
     "Linear",
+    "Lion",
     "Module",
+    "NAdam",
     "Optimizer",
     "Parameter",
+    "RAdam",
+    "RMSprop",
     "ReLU",
+    "Rprop",
     "Sequential",
     "Sigmoid",
     "Softmax",

@@ -22,9 +22,20 @@ from typing import Any
 import numpy as np
 import pytest
 from _helpers import P, to_np
+from _references import lion_reference
 
 import neural_arch as na
 from neural_arch.backend import backend_name, to_backend
+from neural_arch.optim.adadelta import Adadelta
+from neural_arch.optim.adafactor import Adafactor
+from neural_arch.optim.adagrad import Adagrad
+from neural_arch.optim.adamax import Adamax
+from neural_arch.optim.asgd import ASGD
+from neural_arch.optim.lion import Lion
+from neural_arch.optim.nadam import NAdam
+from neural_arch.optim.radam import RAdam
+from neural_arch.optim.rmsprop import RMSprop
+from neural_arch.optim.rprop import Rprop
 
 __all__ = [
     "ATOL",
@@ -68,7 +79,8 @@ class Entry:
     Attributes:
         name: the test id (usually the class name).
         cls: the optimizer class, e.g. ``neural_arch.Adam``.
-        torch_name: the attribute of ``torch.optim`` that is the reference.
+        torch_name: the attribute of ``torch.optim`` that is the reference;
+            with ``reference`` given, only a name for it (not looked up).
         base: keyword arguments given to every run (e.g. ``lr``); every
             constructor option not in ``grid`` must be here or in ``aliases``.
         grid: option -> the values to try; the tests run the full product
@@ -86,6 +98,11 @@ class Entry:
         aliases: constructor keywords that are other spellings of a grid
             option (Adam's ``beta1``/``beta2`` for ``betas``); exercised by
             ``accepted`` and ``invalid``, not gridded.
+        reference: for an optimizer torch.optim lacks (Lion), the reference
+            instead: ``reference(torch, params, **kwargs)`` returns an object
+            with torch.optim's interface (torch tensors as parameters,
+            ``step()``, ``state[param]``, ``param_groups``, ``state_dict()``),
+            written in the tests independently of the library.
     """
 
     name: str
@@ -97,6 +114,7 @@ class Entry:
     accepted: tuple[tuple[Kwargs, Kwargs], ...] = ()
     invalid: tuple[tuple[Kwargs, type[Exception], str], ...] = ()
     aliases: tuple[str, ...] = ()
+    reference: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base", MappingProxyType(dict(self.base)))
@@ -107,7 +125,9 @@ class Entry:
         return self.cls(params, **{**self.base, **kwargs})
 
     def make_torch(self, torch: Any, params: Any, **kwargs: Any) -> Any:
-        """The ``torch.optim`` reference (single-tensor loop: ``foreach=False``)."""
+        """The reference: ``reference`` if given, else torch.optim's (``foreach=False``)."""
+        if self.reference is not None:
+            return self.reference(torch, params, **{**self.base, **kwargs})
         return getattr(torch.optim, self.torch_name)(
             params, foreach=False, **{**self.base, **kwargs}
         )
@@ -244,6 +264,408 @@ TABLE: tuple[Entry, ...] = (
         accepted=_ADAM_ACCEPTED,
         invalid=_ADAM_INVALID,
         aliases=("beta1", "beta2"),
+    ),
+    Entry(
+        name="NAdam",
+        cls=NAdam,
+        torch_name="NAdam",
+        base={"lr": 0.01},
+        grid={
+            "weight_decay": (0.0, 0.1),
+            "decoupled_weight_decay": (False, True),
+            "maximize": (False, True),
+            "momentum_decay": (4e-3, 0.3),
+            # torch's lerp takes another branch when the weight 1 - beta1 is >= 0.5
+            "betas": ((0.9, 0.999), (0.3, 0.6)),
+            "eps": (1e-8, 1e-2),
+        },
+        accepted=(
+            # Adam's, less its beta1/beta2 spellings (torch's NAdam has none)
+            *(a for a in _ADAM_ACCEPTED if not {"beta1", "beta2"} & a[0].keys()),
+            ({"momentum_decay": 0.0}, {"momentum_decay": 0.0}),
+            ({"momentum_decay": 1e4}, {"momentum_decay": 1e4}),
+            ({"betas": (1 - 2**-24, 0.9), "momentum_decay": 1e4}, {"betas": (1 - 2**-24, 0.9)}),
+            ({"decoupled_weight_decay": True}, {"decoupled_weight_decay": True}),
+        ),
+        invalid=(
+            *(c for c in _ADAM_INVALID if not {"amsgrad", "beta1", "beta2"} & c[0].keys()),
+            ({"momentum_decay": -4e-3}, ValueError, r"Invalid momentum_decay: -0\.004"),
+            ({"momentum_decay": _NAN}, ValueError, r"Invalid momentum_decay: nan"),
+            ({"momentum_decay": float("inf")}, ValueError, r"Invalid momentum_decay: inf"),
+            ({"momentum_decay": "0"}, ValueError, r"Invalid momentum_decay: '0'"),
+            (
+                {"decoupled_weight_decay": 1},
+                ValueError,
+                r"Invalid decoupled_weight_decay: 1 \(expected True or False\)",
+            ),
+            # mu_1 rounds to 1.0 in float32, where torch divides by 1 - mu_product = 0
+            (
+                {"betas": (1 - 2**-26, 0.9), "momentum_decay": 1e4},
+                ValueError,
+                r"Invalid betas\[0\] with momentum_decay: beta1=0\.99999998",
+            ),
+        ),
+    ),
+    Entry(
+        name="RAdam",
+        cls=RAdam,
+        torch_name="RAdam",
+        base={"lr": 0.01},
+        grid={
+            "weight_decay": (0.0, 0.1),
+            "decoupled_weight_decay": (False, True),
+            "maximize": (False, True),
+            # rho_t > 5 from step 6 with beta2 0.999, from step 7 with 0.8, never with 0.6
+            # (rho_inf = 4); beta1 0.3: torch's lerp takes its other branch
+            "betas": ((0.9, 0.999), (0.3, 0.6), (0.3, 0.8)),
+            "eps": (1e-8, 1e-2),
+        },
+        accepted=(
+            *(a for a in _ADAM_ACCEPTED if not {"beta1", "beta2"} & a[0].keys()),
+            ({"decoupled_weight_decay": True}, {"decoupled_weight_decay": True}),
+        ),
+        invalid=(
+            *(c for c in _ADAM_INVALID if not {"amsgrad", "beta1", "beta2"} & c[0].keys()),
+            (
+                {"decoupled_weight_decay": "yes"},
+                ValueError,
+                r"Invalid decoupled_weight_decay: 'yes' \(expected True or False\)",
+            ),
+        ),
+    ),
+    Entry(
+        name="RMSprop",
+        cls=RMSprop,
+        torch_name="RMSprop",
+        base={"lr": 0.01},
+        grid={
+            # alpha 0.3: the lerp weight 1 - alpha is >= 0.5, torch.lerp's other branch
+            "alpha": (0.99, 0.3),
+            "eps": (1e-8, 1e-2),
+            "weight_decay": (0, 0.1),
+            "momentum": (0, 0.9),
+            "centered": (False, True),
+            "maximize": (False, True),
+        },
+        accepted=(
+            ({"lr": 0.0}, {"lr": 0.0}),
+            ({"alpha": 0.0}, {"alpha": 0.0}),
+            ({"alpha": 1.0}, {"alpha": 1.0}),
+            ({"eps": 0.0}, {"eps": 0.0}),
+            ({"momentum": 0}, {"momentum": 0}),
+            ({"momentum": 1.5}, {"momentum": 1.5}),
+            ({"weight_decay": 0.0}, {"weight_decay": 0.0}),
+            ({"centered": True, "momentum": 0.5}, {"centered": True, "momentum": 0.5}),
+        ),
+        invalid=(
+            *_LR_INVALID,
+            ({"alpha": -0.1}, ValueError, r"Invalid alpha: -0\.1"),
+            ({"alpha": _NAN}, ValueError, r"Invalid alpha: nan"),
+            ({"alpha": "0.9"}, ValueError, r"Invalid alpha: '0\.9'"),
+            ({"eps": -1e-8}, ValueError, r"Invalid eps: -1e-08"),
+            ({"eps": float("inf")}, ValueError, r"Invalid eps: inf"),
+            ({"weight_decay": -0.01}, ValueError, r"Invalid weight_decay: -0\.01"),
+            ({"momentum": -0.9}, ValueError, r"Invalid momentum: -0\.9"),
+            ({"momentum": True}, ValueError, r"Invalid momentum: True"),
+            (
+                {"centered": "yes"},
+                ValueError,
+                r"Invalid centered: 'yes' \(expected True or False\)",
+            ),
+            ({"centered": 1}, ValueError, r"Invalid centered: 1 \(expected True or False\)"),
+            ({"maximize": None}, ValueError, r"Invalid maximize: None \(expected True or False\)"),
+        ),
+    ),
+    Entry(
+        name="Adagrad",
+        cls=Adagrad,
+        torch_name="Adagrad",
+        base={"lr": 0.1},
+        grid={
+            "lr_decay": (0, 0.1),
+            "weight_decay": (0, 0.1),
+            "initial_accumulator_value": (0, 0.5),
+            "eps": (1e-10, 1e-2),
+            "maximize": (False, True),
+        },
+        accepted=(
+            ({"lr": 0.0}, {"lr": 0.0}),
+            ({"lr_decay": 0.0}, {"lr_decay": 0.0}),
+            ({"lr_decay": 2}, {"lr_decay": 2}),
+            ({"weight_decay": 0.0}, {"weight_decay": 0.0}),
+            ({"initial_accumulator_value": 0.0}, {"initial_accumulator_value": 0.0}),
+            ({"initial_accumulator_value": 3}, {"initial_accumulator_value": 3}),
+            ({"eps": 0.0}, {"eps": 0.0}),
+        ),
+        invalid=(
+            *_LR_INVALID,
+            ({"lr_decay": -0.1}, ValueError, r"Invalid lr_decay: -0\.1"),
+            ({"lr_decay": _NAN}, ValueError, r"Invalid lr_decay: nan"),
+            ({"weight_decay": -0.01}, ValueError, r"Invalid weight_decay: -0\.01"),
+            ({"weight_decay": "0"}, ValueError, r"Invalid weight_decay: '0'"),
+            (
+                {"initial_accumulator_value": -0.1},
+                ValueError,
+                r"Invalid initial_accumulator_value: -0\.1",
+            ),
+            (
+                {"initial_accumulator_value": float("inf")},
+                ValueError,
+                r"Invalid initial_accumulator_value: inf",
+            ),
+            (
+                {"initial_accumulator_value": None},
+                ValueError,
+                r"Invalid initial_accumulator_value: None",
+            ),
+            ({"eps": -1e-10}, ValueError, r"Invalid eps: -1e-10"),
+            ({"eps": _NAN}, ValueError, r"Invalid eps: nan"),
+            ({"maximize": "no"}, ValueError, r"Invalid maximize: 'no' \(expected True or False\)"),
+        ),
+    ),
+    Entry(
+        name="Adadelta",
+        cls=Adadelta,
+        torch_name="Adadelta",
+        base={"lr": 1.0},
+        grid={
+            "rho": (0.9, 0.5),
+            "eps": (1e-6, 1e-3),
+            "weight_decay": (0, 0.1),
+            "maximize": (False, True),
+        },
+        accepted=(
+            ({"lr": 0.0}, {"lr": 0.0}),
+            ({"rho": 0.0}, {"rho": 0.0}),
+            ({"rho": 1.0}, {"rho": 1.0}),  # torch's bound is closed: 0 <= rho <= 1
+            ({"rho": 1}, {"rho": 1}),
+            ({"eps": 0.0}, {"eps": 0.0}),
+            ({"weight_decay": 0.0}, {"weight_decay": 0.0}),
+        ),
+        invalid=(
+            *_LR_INVALID,
+            (
+                {"rho": 1.1},
+                ValueError,
+                r"Invalid rho: 1\.1 \(expected a number in \[0\.0, 1\.0\]\)",
+            ),
+            ({"rho": -0.1}, ValueError, r"Invalid rho: -0\.1"),
+            ({"rho": _NAN}, ValueError, r"Invalid rho: nan"),
+            ({"rho": True}, ValueError, r"Invalid rho: True"),
+            ({"eps": -1e-6}, ValueError, r"Invalid eps: -1e-06"),
+            ({"eps": float("inf")}, ValueError, r"Invalid eps: inf"),
+            ({"weight_decay": -0.1}, ValueError, r"Invalid weight_decay: -0\.1"),
+            ({"maximize": 0}, ValueError, r"Invalid maximize: 0 \(expected True or False\)"),
+        ),
+    ),
+    Entry(
+        name="Adamax",
+        cls=Adamax,
+        torch_name="Adamax",
+        base={"lr": 0.01},
+        grid={
+            # betas[0] 0.3: the lerp weight 1 - beta1 is >= 0.5, torch.lerp's other branch
+            "betas": ((0.9, 0.999), (0.3, 0.6)),
+            "eps": (1e-8, 1e-2),
+            "weight_decay": (0, 0.1),
+            "maximize": (False, True),
+        },
+        accepted=(
+            ({"lr": 0.0}, {"lr": 0.0}),
+            ({"betas": (0.0, 0.0)}, {"betas": (0.0, 0.0)}),
+            ({"betas": (0.999999, 0.999999)}, {"betas": (0.999999, 0.999999)}),
+            ({"betas": [0.5, 0.6]}, {"betas": (0.5, 0.6)}),
+            ({"eps": 0.0}, {"eps": 0.0}),
+            ({"weight_decay": 0.0}, {"weight_decay": 0.0}),
+        ),
+        invalid=(
+            *_LR_INVALID,
+            ({"betas": (1.0, 0.999)}, ValueError, r"Invalid beta1 \(betas\[0\]\): 1\.0"),
+            ({"betas": (-0.1, 0.999)}, ValueError, r"Invalid beta1 \(betas\[0\]\): -0\.1"),
+            ({"betas": (0.9, 1.0)}, ValueError, r"Invalid beta2 \(betas\[1\]\): 1\.0"),
+            ({"betas": (0.9, _NAN)}, ValueError, r"Invalid beta2 \(betas\[1\]\): nan"),
+            ({"betas": (0.9,)}, ValueError, r"betas must be a pair"),
+            ({"betas": 0.9}, ValueError, r"betas must be a pair"),
+            ({"eps": -1e-8}, ValueError, r"Invalid eps: -1e-08"),
+            ({"eps": _NAN}, ValueError, r"Invalid eps: nan"),
+            ({"weight_decay": -0.01}, ValueError, r"Invalid weight_decay: -0\.01"),
+            (
+                {"maximize": "yes"},
+                ValueError,
+                r"Invalid maximize: 'yes' \(expected True or False\)",
+            ),
+        ),
+    ),
+    Entry(
+        name="ASGD",
+        cls=ASGD,
+        torch_name="ASGD",
+        base={"lr": 0.05},
+        grid={
+            "lambd": (1e-4, 0.1),
+            "alpha": (0.75, 0.4),
+            # t0 3.5: mu = 1 / (t - 3.5) (rounded to float32) != 1 from step 5, ax averages
+            # from step 6; the default 1e6: ax = p throughout
+            "t0": (1e6, 3.5),
+            "weight_decay": (0, 0.1),
+            "maximize": (False, True),
+        },
+        accepted=(
+            ({"lr": 0.0}, {"lr": 0.0}),
+            ({"lr": 1}, {"lr": 1}),
+            ({"lambd": 0.0}, {"lambd": 0.0}),
+            ({"alpha": 0.0}, {"alpha": 0.0}),
+            ({"alpha": 2}, {"alpha": 2}),
+            ({"t0": 0}, {"t0": 0}),
+            ({"t0": -5.0}, {"t0": -5.0}),
+            ({"weight_decay": 0.0}, {"weight_decay": 0.0}),
+        ),
+        invalid=(
+            *_LR_INVALID,
+            ({"lambd": -1e-4}, ValueError, r"Invalid lambd: -0\.0001"),
+            ({"lambd": _NAN}, ValueError, r"Invalid lambd: nan"),
+            ({"lambd": float("inf")}, ValueError, r"Invalid lambd: inf"),
+            ({"alpha": -0.75}, ValueError, r"Invalid alpha: -0\.75"),
+            ({"alpha": float("inf")}, ValueError, r"Invalid alpha: inf"),
+            ({"alpha": "0.75"}, ValueError, r"Invalid alpha: '0\.75'"),
+            ({"t0": _NAN}, ValueError, r"Invalid t0: nan \(expected a finite number\)"),
+            ({"t0": -float("inf")}, ValueError, r"Invalid t0: -inf"),
+            ({"t0": True}, ValueError, r"Invalid t0: True"),
+            ({"t0": None}, ValueError, r"Invalid t0: None"),
+            ({"weight_decay": -0.1}, ValueError, r"Invalid weight_decay: -0\.1"),
+            ({"weight_decay": _NAN}, ValueError, r"Invalid weight_decay: nan"),
+            ({"maximize": 1}, ValueError, r"Invalid maximize: 1 \(expected True or False\)"),
+        ),
+    ),
+    Entry(
+        name="Rprop",
+        cls=Rprop,
+        torch_name="Rprop",
+        base={"lr": 0.05},
+        grid={
+            "etas": ((0.5, 1.2), (0.3, 1.5)),
+            # (1e-3, 0.08): both bounds bind within 30 steps from lr 0.05
+            "step_sizes": ((1e-6, 50), (1e-3, 0.08)),
+            "maximize": (False, True),
+        },
+        accepted=(
+            ({"lr": 0.0}, {"lr": 0.0}),
+            ({"lr": 1}, {"lr": 1}),
+            ({"etas": (1e-9, 1.0000001)}, {"etas": (1e-9, 1.0000001)}),
+            ({"etas": [0.5, 1.2]}, {"etas": (0.5, 1.2)}),
+            ({"step_sizes": (0.0, 0.0)}, {"step_sizes": (0.0, 0.0)}),
+            ({"step_sizes": [1e-6, 50]}, {"step_sizes": (1e-6, 50)}),
+        ),
+        invalid=(
+            *_LR_INVALID,
+            ({"etas": (0.0, 1.2)}, ValueError, r"Invalid etaminus \(etas\[0\]\): 0\.0"),
+            ({"etas": (1.0, 1.2)}, ValueError, r"Invalid etaminus \(etas\[0\]\): 1\.0"),
+            ({"etas": (-0.5, 1.2)}, ValueError, r"Invalid etaminus \(etas\[0\]\): -0\.5"),
+            ({"etas": (_NAN, 1.2)}, ValueError, r"Invalid etaminus \(etas\[0\]\): nan"),
+            ({"etas": (0.5, 1.0)}, ValueError, r"Invalid etaplus \(etas\[1\]\): 1\.0"),
+            ({"etas": (0.5, 0.9)}, ValueError, r"Invalid etaplus \(etas\[1\]\): 0\.9"),
+            (
+                {"etas": (0.5, float("inf"))},
+                ValueError,
+                r"Invalid etaplus \(etas\[1\]\): inf",
+            ),
+            ({"etas": (0.5,)}, ValueError, r"etas must be a pair \(etaminus, etaplus\)"),
+            ({"etas": 0.5}, ValueError, r"etas must be a pair"),
+            (
+                {"step_sizes": (-1e-6, 50)},
+                ValueError,
+                r"Invalid step_size_min \(step_sizes\[0\]\): -1e-06",
+            ),
+            (
+                {"step_sizes": (1e-6, _NAN)},
+                ValueError,
+                r"Invalid step_size_max \(step_sizes\[1\]\): nan",
+            ),
+            (
+                {"step_sizes": (1.0, 0.5)},
+                ValueError,
+                r"Invalid step_sizes: \(1\.0, 0\.5\) \(expected step_size_min <= step_size_max",
+            ),
+            ({"step_sizes": (1e-6, 50, 1)}, ValueError, r"step_sizes must be a pair"),
+            ({"maximize": "no"}, ValueError, r"Invalid maximize: 'no' \(expected True or False\)"),
+        ),
+    ),
+    Entry(
+        name="Lion",
+        cls=Lion,
+        torch_name="Lion",  # not in torch.optim: the reference is tests/_references.py's
+        reference=lion_reference,
+        base={"lr": 0.05},
+        grid={
+            "betas": ((0.9, 0.99), (0.2, 0.6), (0.0, 0.0)),
+            "weight_decay": (0.0, 0.3),
+        },
+        accepted=(
+            ({"lr": 0.0}, {"lr": 0.0}),
+            ({"lr": 1}, {"lr": 1}),
+            ({"betas": (0.0, 0.0)}, {"betas": (0.0, 0.0)}),
+            ({"betas": (0.999999, 0.999999)}, {"betas": (0.999999, 0.999999)}),
+            ({"betas": [0.5, 0.6]}, {"betas": (0.5, 0.6)}),
+            ({"weight_decay": 0}, {"weight_decay": 0}),
+        ),
+        invalid=(
+            *_LR_INVALID,
+            ({"betas": (1.0, 0.99)}, ValueError, r"Invalid beta1 \(betas\[0\]\): 1\.0"),
+            ({"betas": (-0.1, 0.99)}, ValueError, r"Invalid beta1 \(betas\[0\]\): -0\.1"),
+            ({"betas": (0.9, 1.0)}, ValueError, r"Invalid beta2 \(betas\[1\]\): 1\.0"),
+            ({"betas": (0.9, _NAN)}, ValueError, r"Invalid beta2 \(betas\[1\]\): nan"),
+            ({"betas": (0.9,)}, ValueError, r"betas must be a pair"),
+            ({"weight_decay": -0.1}, ValueError, r"Invalid weight_decay: -0\.1"),
+            ({"weight_decay": float("inf")}, ValueError, r"Invalid weight_decay: inf"),
+            ({"weight_decay": "0"}, ValueError, r"Invalid weight_decay: '0'"),
+        ),
+    ),
+    Entry(
+        name="Adafactor",
+        cls=Adafactor,
+        torch_name="Adafactor",
+        # rho_t = min(lr, 1/sqrt(t)) is 1/sqrt(t) from step 26 on.  A larger lr (updates as
+        # large as the parameters) needs a looser tolerance: tests/test_adafactor.py
+        base={"lr": 0.2},
+        grid={
+            # the lerp weight t**beta2_decay: torch.lerp's branch |w| >= 0.5 until step 2 or 10
+            "beta2_decay": (-0.8, -0.3),
+            # eps1 1.0: both floors (variance estimate, row mean) bite; eps2 3.0 > RMS(p)
+            "eps": ((None, 1e-3), (1.0, 3.0)),
+            "d": (1.0, 1.5),
+            "weight_decay": (0.0, 0.1),
+            "maximize": (False, True),
+        },
+        accepted=(
+            ({"lr": 0.0}, {"lr": 0.0}),
+            ({"lr": 1}, {"lr": 1}),
+            ({"beta2_decay": 0.0}, {"beta2_decay": 0.0}),
+            ({"beta2_decay": -2}, {"beta2_decay": -2}),
+            ({"eps": (0.0, 0.0)}, {"eps": (0.0, 0.0)}),
+            ({"eps": [1e-30, 1e-3]}, {"eps": (1e-30, 1e-3)}),
+            ({"eps": (None, 0)}, {"eps": (None, 0)}),
+            ({"d": 1}, {"d": 1}),
+            ({"weight_decay": 0}, {"weight_decay": 0}),
+        ),
+        invalid=(
+            *_LR_INVALID,
+            ({"beta2_decay": 0.1}, ValueError, r"Invalid beta2_decay: 0\.1"),
+            ({"beta2_decay": _NAN}, ValueError, r"Invalid beta2_decay: nan"),
+            ({"beta2_decay": -float("inf")}, ValueError, r"Invalid beta2_decay: -inf"),
+            ({"beta2_decay": "-0.8"}, ValueError, r"Invalid beta2_decay: '-0\.8'"),
+            ({"eps": (-1e-30, 1e-3)}, ValueError, r"Invalid eps1 \(eps\[0\]\): -1e-30"),
+            ({"eps": (_NAN, 1e-3)}, ValueError, r"Invalid eps1 \(eps\[0\]\): nan"),
+            ({"eps": (None, -1e-3)}, ValueError, r"Invalid eps2 \(eps\[1\]\): -0\.001"),
+            ({"eps": (None, None)}, ValueError, r"Invalid eps2 \(eps\[1\]\): None"),
+            ({"eps": (1e-30, float("inf"))}, ValueError, r"Invalid eps2 \(eps\[1\]\): inf"),
+            ({"eps": 1e-3}, ValueError, r"eps must be a pair \(eps1, eps2\)"),
+            ({"eps": (None,)}, ValueError, r"eps must be a pair \(eps1, eps2\)"),
+            ({"d": 0.5}, ValueError, r"Invalid d: 0\.5"),
+            ({"d": _NAN}, ValueError, r"Invalid d: nan"),
+            ({"weight_decay": -0.1}, ValueError, r"Invalid weight_decay: -0\.1"),
+            ({"weight_decay": float("inf")}, ValueError, r"Invalid weight_decay: inf"),
+            ({"maximize": 1}, ValueError, r"Invalid maximize: 1 \(expected True or False\)"),
+        ),
     ),
 )
 
@@ -445,6 +867,9 @@ def assert_same_run(opt_a, params_a, opt_b, params_b) -> None:
                 assert value == other, f"parameter {i}: step {value} != {other}"
             elif value is None or other is None:
                 assert value is None and other is None, f"parameter {i}: {key}"
+            elif isinstance(value, float) or isinstance(other, float):  # scalar state
+                assert type(value) is float and type(other) is float, f"parameter {i}: {key}"
+                assert value.hex() == other.hex(), f"parameter {i}: {key} {value!r} != {other!r}"
             else:
                 assert_same_bits(value, other, f"parameter {i}: {key}")
 

@@ -494,7 +494,10 @@ def test_updated_in_place_on_mutable_backends_rebound_on_jax(xp, make):
         for p, d in zip(params, datas, strict=True):
             assert p.data is not d
             assert backend_name(p.data) == "jax"
-            assert not np.array_equal(to_np(p.data), to_np(d))
+        # not every value need differ: a sign step (Lion's) of +lr, -lr, +lr, -lr comes back
+        assert any(
+            not np.array_equal(to_np(p.data), to_np(d)) for p, d in zip(params, datas, strict=True)
+        )
         return
     for p, d in zip(params, datas, strict=True):
         assert p.data is d

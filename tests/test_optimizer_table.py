@@ -317,10 +317,13 @@ def test_float32_stays_float32(xp, entry, kwargs):
         for key, value in (opt.state.get(p) or {}).items():
             if key == "step":
                 assert type(value) is int and value == 3
+            elif key in type(opt)._scalar_state:  # a number, not an array (NAdam's mu_product)
+                assert type(value) is float, f"parameter {i}: {key} is {value!r}"
             elif value is not None:
                 assert value.dtype == xp.float32, f"parameter {i}: {key}"
                 assert backend_name(value) == backend_name(xp), f"parameter {i}: {key}"
-                assert tuple(value.shape) == tuple(p.data.shape), f"parameter {i}: {key}"
+                shape = opt._state_shape(key, p)  # the parameter's, or e.g. Adafactor's factors
+                assert tuple(value.shape) == shape, f"parameter {i}: {key}"
 
 
 # ------------------------------------------------- f. refused hyperparameters

@@ -1,4 +1,4 @@
-"""Optimizers written once against the Array API: SGD, Adam, AdamW, and their schedulers.
+"""Optimizers written once against the Array API: torch.optim's family, Lion, and schedulers.
 
 Each optimizer's arithmetic is a rule written once (``neural_arch.optim.rule``
 is its vocabulary), run by the generic Array API engine and by kernels
@@ -8,16 +8,38 @@ rules to raw arrays.
 """
 
 from . import functional, lr_scheduler, rule
+from .adadelta import Adadelta
+from .adafactor import Adafactor
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adamax import Adamax
+from .asgd import ASGD
 from .clip import clip_grad_norm_, clip_grad_value_
+from .lbfgs import LBFGS
+from .lion import Lion
+from .nadam import NAdam
 from .optimizer import Optimizer
+from .radam import RAdam
+from .rmsprop import RMSprop
+from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = [
+    "ASGD",
+    "LBFGS",
     "SGD",
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
+    "Lion",
+    "NAdam",
     "Optimizer",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
     "clip_grad_norm_",
     "clip_grad_value_",
     "functional",

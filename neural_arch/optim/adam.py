@@ -191,9 +191,6 @@ class Adam(Optimizer):
             return frozenset(("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
         return frozenset(("step", "exp_avg", "exp_avg_sq"))
 
-    def _init_state(self, p: Any, group: dict[str, Any], record: dict[str, Any]) -> None:
-        init_state(p.data, record, amsgrad=group["amsgrad"])
-
     def _flags(self, group: dict[str, Any], step: int, state: dict) -> dict[str, bool]:
         return flags(group)
 

@@ -421,8 +421,18 @@ class Optimizer:
     def _init_state(self, p: Any, group: dict[str, Any], record: dict[str, Any]) -> None:
         """Add to ``record`` (a new parameter's empty record, or an older one) what is missing.
 
-        A state the rule creates itself on its first step is stored as None.
+        By default: ``step`` 0, then zeros like the parameter for every array
+        of :meth:`_state_spec`, in the order of the rule's arguments (torch's
+        order of state keys).  An optimizer whose state starts otherwise (a
+        fill value, a scalar, an array the rule creates on its first step,
+        stored as None) overrides this.
         """
+        spec = self._state_spec(group)
+        if "step" in spec:
+            record.setdefault("step", 0)
+        for key in _state_keys(self._rule):
+            if key in spec and record.get(key) is None:
+                record[key] = namespace(p.data).zeros_like(p.data)
 
     def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
         """The state keys a parameter of ``group`` keeps (none: SGD without momentum)."""
@@ -620,13 +630,25 @@ class Optimizer:
             elif value is None or not array_api_compat.is_array_api_obj(value):
                 out[key] = value
             else:
-                if tuple(value.shape) != tuple(p.data.shape):
+                expected = self._state_shape(key, p)
+                if tuple(value.shape) != expected:
+                    shown = "" if expected == tuple(p.data.shape) else f" (expected {expected})"
                     raise ValueError(
                         f"loaded state {key!r} of parameter {name!r} has shape "
-                        f"{tuple(value.shape)}, but the parameter has shape {tuple(p.data.shape)}"
+                        f"{tuple(value.shape)}, but the parameter has shape "
+                        f"{tuple(p.data.shape)}{shown}"
                     )
                 out[key] = to_backend(value, xp, device=dev, dtype=p.data.dtype, copy=True)
         return out
+
+    def _state_shape(self, key: str, p: Any) -> tuple[int, ...]:
+        """The shape of state array ``key`` of parameter ``p``: the parameter's own by default.
+
+        :meth:`load_state_dict` refuses a loaded array of another shape.  An
+        optimizer whose state arrays are shaped otherwise (Adafactor's row and
+        column factors) overrides this.
+        """
+        return tuple(p.data.shape)
 
     # ---------------------------------------------------------------- repr
 

@@ -285,8 +285,10 @@ class Program:
     (name,))`` for a per-step scalar, or an operation whose ``args`` are
     indices of earlier nodes.  ``outputs`` maps ``"param"`` and the state
     keys the rule writes to the node holding their new value.  Nodes that no
-    output needs are removed.  ``last_use[i]`` is the index of the last node
-    reading node ``i`` (``len(nodes)`` for an output's value).
+    output needs are removed, except the input of a state array the rule
+    writes (it exists, and is written in place, even when it is not read).
+    ``last_use[i]`` is the index of the last node reading node ``i``
+    (``len(nodes)`` for an output's value, -1 for a kept input never read).
     """
 
     name: str
@@ -345,12 +347,17 @@ def _trace(rule: Callable, present: tuple[str, ...], flags: Mapping) -> Program:
             raise TypeError(f"rule {name} returns {key!r}, which is not one of its state arrays")
         if not isinstance(value, Sym) or value._tape is not tape or value._kind != "array":
             raise TypeError(f"rule {name} returns {value!r} for {key!r}; expected an array")
-    return _compact(name, tape, {k: v._index for k, v in result.items()})
+    # a state array that exists and is written stays an input even when the rule does not read
+    # it (ASGD's ax = p): the engines then write it in place instead of making a new array
+    written = {states[k]._index for k in result if k in states}
+    return _compact(name, tape, {k: v._index for k, v in result.items()}, written)
 
 
-def _compact(name: str, tape: _Tape, outputs: dict[str, int]) -> Program:
-    """Drop the nodes no output needs, renumber, and compute each node's last use."""
-    needed = set(outputs.values())
+def _compact(
+    name: str, tape: _Tape, outputs: dict[str, int], keep: set[int] = frozenset()
+) -> Program:
+    """Drop the nodes no output needs but ``keep``, renumber, compute each node's last use."""
+    needed = set(outputs.values()) | keep
     for i in range(len(tape.nodes) - 1, -1, -1):
         op, args = tape.nodes[i]
         if i in needed and op not in ("input", "scalar"):
