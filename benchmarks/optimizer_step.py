@@ -3,14 +3,21 @@
 Every cell times ``opt.step()`` through the public API, float32, after a
 warm-up, over several rounds, and reports the median and the min–max range.
 In the same run it times ``torch.optim`` (for-loop, foreach and fused, when
-torch is installed) on the same workload and a measured bandwidth bound: the
-bytes a step must move (Adam reads p, g, m, v and writes p, m, v: 28 bytes per
-float32 element; SGD with momentum 20) divided by the rate of a large in-place
-array operation.  ``peak MB`` is the memory a step allocates beyond the
-parameters, gradients and state (tracemalloc, which sees NumPy's allocations).
+torch is installed and has them) on the same workload and a measured bandwidth
+bound: the bytes a step must move, 4 * (arrays read + arrays written) per float32
+element (Adam reads p, g, m, v and writes p, m, v: 28 bytes; SGD with momentum
+20; each optimizer's own count is in ``OPTIMIZERS``), divided by the rate of a
+large in-place array operation.  ``peak MB`` is the memory a step allocates
+beyond the parameters, gradients and state (tracemalloc, which sees NumPy's
+allocations).  ``x fused`` is the median over torch's fused step; for an
+optimizer torch has no fused kernel for, the column is ``x torch``: over its
+foreach step (Lion, not in torch.optim, has no torch rows).
 
     python benchmarks/optimizer_step.py                  # the full table (a few minutes)
     python benchmarks/optimizer_step.py --quick          # fewer rounds, smaller workloads
+    python benchmarks/optimizer_step.py --optimizers all # every elementwise optimizer
+    python benchmarks/optimizer_step.py --optimizers all --workloads "1 x 1e7" "MLP 784-512-512-10"
+    python benchmarks/optimizer_step.py --optimizers RMSprop Adagrad Lion
     python benchmarks/optimizer_step.py --e2e            # also one MLP training step vs PyTorch
     python benchmarks/optimizer_step.py --backend cupy   # CuPy arrays (needs a CUDA device)
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import os
 import platform
 import statistics
@@ -55,11 +63,59 @@ WORKLOADS: dict[str, list[tuple[int, ...]]] = {
     "200 x 5000": [(5000,)] * 200,
     "MLP 784-512-512-10": [(512, 784), (512,), (512, 512), (512,), (10, 512), (10,)],
 }
-OPTIMIZERS = {
-    "Adam": (na.Adam, {}, 28),
-    "AdamW": (na.AdamW, {}, 28),
-    "SGD(momentum)": (na.SGD, {"momentum": 0.9}, 20),
+# name: (module of neural_arch.optim, class, keyword arguments, the torch.optim class and
+# whether torch has a fused kernel for it (None: not in torch.optim), float32 arrays a
+# step reads, arrays it writes).  The bound's traffic is 4 * (read + written) bytes per
+# element.  A class is taken from ``na`` when exported there, else from its module;
+# one that this neural_arch lacks is left out with a note.
+OPTIMIZERS: dict[str, tuple[str, str, dict, tuple[str, bool] | None, int, int]] = {
+    "Adam": ("adam", "Adam", {}, ("Adam", True), 4, 3),  # p g m v -> p m v
+    "AdamW": ("adam", "AdamW", {}, ("AdamW", True), 4, 3),  # p g m v -> p m v
+    "SGD(momentum)": ("sgd", "SGD", {"momentum": 0.9}, ("SGD", True), 3, 2),  # p g b -> p b
+    "RMSprop": ("rmsprop", "RMSprop", {}, ("RMSprop", False), 3, 2),  # p g v -> p v
+    "Adagrad": ("adagrad", "Adagrad", {}, ("Adagrad", True), 3, 2),  # p g sum -> p sum
+    "Adadelta": ("adadelta", "Adadelta", {}, ("Adadelta", False), 4, 3),  # p g v u -> p v u
+    "Adamax": ("adamax", "Adamax", {}, ("Adamax", False), 4, 3),  # p g m u -> p m u
+    "NAdam": ("nadam", "NAdam", {}, ("NAdam", False), 4, 3),  # p g m v -> p m v
+    "RAdam": ("radam", "RAdam", {}, ("RAdam", False), 4, 3),  # p g m v -> p m v
+    # before step t0 (1e6 by default) the average ax is a copy of p: written, not read
+    "ASGD": ("asgd", "ASGD", {}, ("ASGD", False), 2, 2),  # p g -> p ax
+    "Rprop": ("rprop", "Rprop", {}, ("Rprop", False), 4, 3),  # p g prev size -> p prev size
+    "Lion": ("lion", "Lion", {}, None, 3, 2),  # p g m -> p m
 }
+DEFAULT_OPTIMIZERS = ["Adam", "AdamW", "SGD(momentum)"]
+
+
+def find_class(name: str) -> Any:
+    """The neural_arch class of OPTIMIZERS[name], or None when this neural_arch lacks it."""
+    module, cls_name = OPTIMIZERS[name][:2]
+    cls = getattr(na, cls_name, None)
+    if cls is None:
+        qualified = f"neural_arch.optim.{module}"
+        try:
+            cls = getattr(importlib.import_module(qualified), cls_name, None)
+        except ModuleNotFoundError as exc:
+            if exc.name != qualified:  # the module exists but is broken: say so
+                raise
+    return cls
+
+
+def optimizer_names(requested: list[str]) -> list[str]:
+    """OPTIMIZERS keys for --optimizers: names in any case, 'SGD' for SGD(momentum), 'all'."""
+    lookup = {k.lower(): k for k in OPTIMIZERS} | {"sgd": "SGD(momentum)"}
+    names: list[str] = []
+    for req in requested:
+        if req.lower() == "all":
+            found = list(OPTIMIZERS)
+        elif req.lower() in lookup:
+            found = [lookup[req.lower()]]
+        else:
+            raise SystemExit(
+                f"optimizer_step.py: error: --optimizers: unknown {req!r}; choose from all, "
+                + ", ".join(OPTIMIZERS)
+            )
+        names += [n for n in found if n not in names]
+    return names
 
 
 class Param:
@@ -143,23 +199,27 @@ def bench_workload(args, xp, sync, name, shapes, threads, gbs) -> list[list]:
     size = sum(int(np.prod(s)) for s in shapes)
     rounds = args.rounds if size < 5_000_000 else max(5, args.rounds // 3)
     rows = []
-    for opt_name, (cls, kw, nbytes) in OPTIMIZERS.items():
+    for opt_name in args.optimizers:
+        kw, torch_spec, reads, writes = OPTIMIZERS[opt_name][2:]
+        cls = find_class(opt_name)
+        nbytes = 4 * (reads + writes)
         bound = nbytes * size / (gbs * 1e9) * 1e3
         results: list[tuple[str, list, Any]] = []
-        if torch is not None and args.backend == "numpy":
+        if torch is not None and args.backend == "numpy" and torch_spec is not None:
             torch.set_num_threads(threads)
-            tcls = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}.get(
-                opt_name, torch.optim.SGD
-            )
-            for label, flags in (
+            tcls, has_fused = getattr(torch.optim, torch_spec[0]), torch_spec[1]
+            flavours = [
                 ("torch for-loop", {"foreach": False}),
                 ("torch foreach", {"foreach": True}),
-                ("torch fused", {"fused": True}),
-            ):
+            ]
+            if has_fused:
+                flavours.append(("torch fused", {"fused": True}))
+            for label, flags in flavours:
                 tp = torch_params(shapes)
                 topt = tcls(tp, lr=1e-3, **kw, **flags)
                 results.append((label, timeit(topt.step, lambda: None, args.warmup, rounds), ""))
                 del tp, topt
+        # the reference of the "x fused" column: torch's last flavour (fused, else foreach)
         fused = statistics.median(results[-1][1]) if results else None
         variants = [
             ("ours", True, "raise"),
@@ -182,7 +242,13 @@ def bench_workload(args, xp, sync, name, shapes, threads, gbs) -> list[list]:
             rows.append(
                 [f"{opt_name}, {name}, {threads} thr", *row(label, times, fused, bound, peak)]
             )
-        rows.append([f"{opt_name}, {name}, {threads} thr", "bandwidth bound", f"{bound:.3f}"])
+        rows.append(
+            [
+                f"{opt_name}, {name}, {threads} thr",
+                f"bandwidth bound ({nbytes} B/elem)",
+                f"{bound:.3f}",
+            ]
+        )
     return rows
 
 
@@ -271,6 +337,14 @@ def main() -> None:
     parser.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=DEFAULT_OPTIMIZERS,
+        metavar="NAME",
+        help=f"'all' or names among {', '.join(OPTIMIZERS)} "
+        f"(default: {' '.join(DEFAULT_OPTIMIZERS)})",
+    )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="8 rounds, no 1e7 workload")
@@ -280,6 +354,12 @@ def main() -> None:
     if args.quick:
         args.rounds = 8
         args.workloads = [w for w in args.workloads if w != "1 x 1e7"]
+    args.optimizers = optimizer_names(args.optimizers)
+    for name in list(args.optimizers):
+        if find_class(name) is None:
+            module, cls_name = OPTIMIZERS[name][:2]
+            print(f"# note: {name} left out: no {cls_name} in neural_arch.optim.{module}")
+            args.optimizers.remove(name)
 
     if args.backend == "cupy":
         import cupy as xp
@@ -304,12 +384,20 @@ def main() -> None:
     if not args.e2e_only:
         gbs = bandwidth_gbs(xp, sync, 10)
         print(f"# bandwidth of a large in-place a += b ({args.backend}, 1 thread): {gbs:.1f} GB/s")
+        all_fused = all(
+            OPTIMIZERS[n][3] is not None and OPTIMIZERS[n][3][1] for n in args.optimizers
+        )
+        if not all_fused:
+            print(
+                "# x torch: the median over torch's fused step where torch has one (Adam, "
+                "AdamW, SGD, Adagrad), else over its foreach step; Lion: no torch rows"
+            )
         header = [
             "optimizer, workload",
             "",
             "median ms",
             "min–max",
-            "x fused",
+            "x fused" if all_fused else "x torch",
             "x bound",
             "peak MB",
         ]
