@@ -624,9 +624,10 @@ TABLE: tuple[Entry, ...] = (
         name="Adafactor",
         cls=Adafactor,
         torch_name="Adafactor",
-        # rho_t = min(lr, 1/sqrt(t)) is 1/sqrt(t) from step 26 on.  A larger lr (updates as
-        # large as the parameters) needs a looser tolerance: tests/test_adafactor.py
-        base={"lr": 0.2},
+        # Updates are about lr * RMS(p): with lr 0.1 the differences from torch's fused
+        # multiply-adds and MKL rsqrt stay within ATOL (at a fifth of it); the branch
+        # rho_t = 1/sqrt(t) < lr and larger steps: tests/test_adafactor.py
+        base={"lr": 0.1},
         grid={
             # the lerp weight t**beta2_decay: torch.lerp's branch |w| >= 0.5 until step 2 or 10
             "beta2_decay": (-0.8, -0.3),

@@ -53,6 +53,16 @@ def _lerp(start: Any, end: Any, weight: float) -> Any:
     return end - (end - start) * (1.0 - weight)
 
 
+def _rsqrt(xp: Any, x: Any) -> Any:
+    """``1 / sqrt(x)``: torch's ``rsqrt_`` (on CPU, MKL's vdInvSqrt where torch has MKL)."""
+    return 1.0 / xp.sqrt(x)
+
+
+def _axpy(y: Any, alpha: float, x: Any) -> Any:
+    """``y + alpha * x``: torch's ``y.add_(x, alpha=alpha)`` (which may fuse the multiply-add)."""
+    return y + x * alpha
+
+
 def _writable(x: Any) -> bool:
     flags = getattr(x, "flags", None)  # NumPy and CuPy
     if flags is not None:
@@ -85,22 +95,26 @@ class Adafactor(Optimizer):
         v = row_var * col_var / max(mean(row_var, dim=-2), eps1)
         # p of 0 or 1 dimensions:
         variance = lerp(variance, g * g, w);  v = variance
-        u = g / sqrt(max(v, eps1**2))                     (rsqrt: 1 / sqrt, as torch)
+        u = g * (1 / sqrt(max(v, eps1**2)))
         p = p - alpha / max(1, RMS(u) / d) * u
 
-    ``lerp`` rounds as ``torch.lerp`` (two branches at ``|w| = 0.5``).
-    ``eps1=None`` (the default) is the machine epsilon of the first
-    parameter's dtype in the group that has a gradient, and that value then
-    serves the whole group (torch's loop does the same).
+    in torch's order of operations.  ``lerp`` takes ``torch.lerp``'s two
+    branches (at ``|w| = 0.5``).  ``eps1=None`` (the default) is the machine
+    epsilon of the dtype of the group's first parameter that has a gradient,
+    and that value then serves the whole group (torch's loop does the same).
+    Against torch's CPU kernels the result differs in the last bits only:
+    torch fuses the multiply-adds of ``lerp_`` and ``add_(alpha=)`` and
+    computes ``rsqrt_`` with MKL, which the Array API cannot reproduce.
 
     Where others differ: the paper (and Optax's ``adafactor``, Keras's
-    ``Adafactor``, Hugging Face's) adds ``eps1`` to the squared gradient
-    before the row and column averages and uses ``min(1e-2, 1/sqrt(t))`` as
-    the relative step; torch (and this class) leaves the factors alone,
-    applies ``eps1`` as floors in ``v`` and ``u``, uses averages (not sums)
-    of squares, uses ``lr`` as the cap on ``rho``, and decays the weights by
-    ``lr * weight_decay`` (decoupled, as AdamW).  Optax and Keras also keep
-    optional momentum; torch has none.
+    ``Adafactor``, Hugging Face's) adds ``eps1`` (1e-30) to the squared
+    gradient before the row and column averages; torch (and this class)
+    leaves the factors alone and applies ``eps1`` as floors in ``v`` and
+    ``u``, and uses averages (not sums) of squares.  The paper and Hugging
+    Face cap the relative step at 1e-2 (``min(1e-2, 1/sqrt(t))``), torch and
+    Keras at ``lr``.  torch decays the weights by ``lr * weight_decay``
+    (decoupled, as AdamW).  Optax factors only dimensions of at least 128;
+    Optax and Hugging Face offer momentum (``beta1``), torch and Keras none.
 
     Not a rule: the factored moments and the per-parameter norms are not
     elementwise, so this optimizer overrides ``_update_group`` and runs
@@ -259,10 +273,10 @@ class Adafactor(Optimizer):
                 var_estimate = variance
                 states = {"variance": variance}
 
-            update = 1.0 / xp.sqrt(xp.clip(var_estimate, min=eps1 * eps1))
+            update = _rsqrt(xp, xp.clip(var_estimate, min=eps1 * eps1))
             update = update * grad
             denom = max(1.0, float(_norm(xp, update)) / ((numel**0.5) * d))
-            new = new + update * (-alpha / denom)
+            new = _axpy(new, -alpha / denom, update)
 
             p.data = _store(data, new)
             for key, value in states.items():

@@ -354,13 +354,19 @@ class LBFGS(Optimizer):
     on every backend (in place on mutable arrays, new arrays bound on JAX),
     with no compiled fast path.  Scalars (dot products, step sizes, ``ro``,
     ``H_diag``, ``al``) are Python floats where torch keeps 0-d tensors:
-    identical in float64; with float32 parameters torch rounds them to
-    float32 and the two agree to float32 precision only.
+    identical in float64 (torch's ``number / tensor``, a reciprocal and a
+    product, included); with float32 parameters torch rounds them to
+    float32 and the two agree to float32 precision only.  Against torch's
+    CPU kernels the last bits differ where the Array API leaves rounding to
+    each library: dot products (summation order), ``add_(alpha=)`` (which
+    torch fuses into multiply-adds) and torch's 0-d ``sqrt`` (MKL's, not
+    always correctly rounded); with those three from torch the port
+    reproduces ``torch.optim.LBFGS`` bit for bit (tested).
 
     ``step(closure)`` requires the closure: a function that evaluates the
     objective at the current parameters, sets every parameter's ``.grad``
     (calling ``backward()`` itself, after ``zero_grad()``), and returns the
-    loss (anything ``float()`` accepts).  ``step`` returns the first
+    loss (a number, a 0-d array or a Tensor).  ``step`` returns the first
     evaluation's loss, as torch.  A parameter whose ``.grad`` is None
     counts as a zero gradient.  The closure runs in the caller's grad mode.
 
