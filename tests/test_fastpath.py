@@ -337,3 +337,25 @@ def test_cupy_fast_path_matches_generic_bit_for_bit(entry, kw, dtype, generic, m
             else:
                 assert type(value) is cupy.ndarray
                 np.testing.assert_array_equal(cupy.asnumpy(value), cupy.asnumpy(other))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_never_writes_into_the_original(kernels, how):
+    """The pointer tables hold raw addresses (and weak references): copies start without them."""
+    import copy
+    import pickle
+
+    params = [P(np.ones(50, "float32"), np.ones(50, "float32")) for _ in range(3)]
+    opt = na.Adam(params, lr=0.1)
+    opt.step()
+    opt.step()
+    before = [p.data.copy() for p in params]
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    twin_params = twin.param_groups[0]["params"]
+    assert all(t is not p for t, p in zip(twin_params, params, strict=True))
+    for t in twin_params:
+        t.grad = np.full(50, -3.0, "float32")
+    twin.step()
+    for p, b in zip(params, before, strict=True):
+        np.testing.assert_array_equal(p.data, b)  # the original's arrays are untouched
+    assert not np.array_equal(twin_params[0].data, before[0])

@@ -154,6 +154,23 @@ def _as_param_list(params: Any, where: str) -> tuple[list[Any], list[Any] | None
 _get_step = operator.itemgetter("step")
 
 
+class _Caches(dict):
+    """The fast path's per-group tables (raw data addresses among them).
+
+    A copy or a pickle of an optimizer starts without them: copied
+    addresses would point into the original's arrays.
+    """
+
+    def __copy__(self) -> _Caches:
+        return _Caches()
+
+    def __deepcopy__(self, memo: dict) -> _Caches:
+        return _Caches()
+
+    def __reduce__(self) -> tuple:
+        return (_Caches, ())
+
+
 def _as_tuple(values: Any, keys: tuple[str, ...]) -> tuple:
     """What ``itemgetter(*keys)`` returned, as a tuple also for one key."""
     return (values,) if len(keys) == 1 else tuple(values)
@@ -219,7 +236,7 @@ class Optimizer:
         self.step_count = 0
         self.skipped_steps = 0
         self._names: dict[int, Any] = {}
-        self._caches: dict[int, dict] = {}  # id(group) -> the fast path's tables for it
+        self._caches = _Caches()  # id(group) -> the fast path's tables for it
 
         if isinstance(params, Mapping):
             is_group = "params" in params and not all(_is_param(v) for v in params.values())
