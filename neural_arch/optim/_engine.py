@@ -25,7 +25,7 @@ import hashlib
 import operator
 from typing import Any
 
-from ..backend import is_immutable
+from ..backend import device, is_immutable
 from .rule import BINARY, COMPARE, LOGIC, Program
 
 __all__ = ["cupy_source", "numba_source", "private", "run_generic"]
@@ -155,13 +155,9 @@ def _interpret(
 ) -> dict[str, Array]:
     """:func:`run_generic` for any arrays, deciding where each value lives as it goes.
 
-    ``arrays`` maps ``"param"``, ``"grad"`` and the state keys to arrays (a
-    state the rule creates maps to None); ``scalars`` maps the program's
-    scalar names to Python floats.  Parameter and state arrays that are
-    writable are updated in place and returned; on immutable arrays new
-    arrays are returned.  The gradient is never written.  A new value is
-    rounded to its destination's dtype where it is made (a float64
-    gradient on a float32 parameter leaves float32 state).
+    Arguments and result as :func:`run_generic`.  A new value is rounded to
+    its destination's dtype where it is made (a float64 gradient on a
+    float32 parameter leaves float32 state).
     """
     plan = _plans.get(program)
     if plan is None:
@@ -239,8 +235,6 @@ def _interpret(
 def _as_array(xp: Any, v: Any, like: Array) -> Array:
     """A Python float as a 0-d array of ``like``'s dtype (the value the operators would use)."""
     if isinstance(v, float):
-        from ..backend import device
-
         return xp.asarray(v, dtype=like.dtype, device=device(like))
     return v
 

@@ -18,24 +18,31 @@ __all__ = ["Flag", "Pair", "Real", "check_number"]
 
 
 def check_number(
-    name: str, value: Any, *, low: float = 0.0, high: float | None = None, closed: bool = False
+    name: str,
+    value: Any,
+    *,
+    low: float = 0.0,
+    high: float | None = None,
+    closed: bool = False,
+    finite: bool = True,
 ) -> None:
-    """Raise ValueError unless ``value`` is a finite real with ``low <= value < high``.
+    """Raise ValueError unless ``value`` is a real with ``low <= value < high``.
 
-    ``closed`` admits ``value == high``.  Python and NumPy numbers qualify;
-    bools do not.
+    ``closed`` admits ``value == high``; ``finite=False`` admits ``inf``
+    (``clip_grad_norm_(max_norm=inf)`` only measures).  Python and NumPy
+    numbers qualify; bools do not.
     """
     ok = (
         isinstance(value, numbers.Real)
         and not isinstance(value, bool)
-        and math.isfinite(value)
+        and (math.isfinite(value) or not finite)
         and value >= low
     )
     if ok and high is not None:
         ok = value <= high if closed else value < high
     if not ok:
         if high is None:
-            expected = f"a finite number >= {low}"
+            expected = f"a finite number >= {low}" if finite else f"a number >= {low}"
         else:
             expected = f"a number in [{low}, {high}{']' if closed else ')'}"
         raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")

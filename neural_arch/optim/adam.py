@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..backend import namespace
 from .optimizer import Optimizer, StateView
 from .rule import Flag, Pair, Real, lerp, maximum, sqrt
 
@@ -59,14 +58,11 @@ def scalars(group: dict[str, Any], step: int) -> dict[str, float]:
     }
 
 
-def init_state(data: Any, record: dict[str, Any], *, amsgrad: bool) -> dict[str, Any]:
-    """Fill ``record`` with ``step`` 0 and zero moments like ``data`` (those it lacks)."""
-    zeros_like = namespace(data).zeros_like
-    record.setdefault("step", 0)
-    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):  # torch's order
-        if record.get(key) is None and (key != "max_exp_avg_sq" or amsgrad):
-            record[key] = zeros_like(data)
-    return record
+def state_spec(group: dict[str, Any]) -> frozenset[str]:
+    """The state keys Adam keeps for a parameter of ``group``."""
+    if group["amsgrad"]:
+        return frozenset(("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+    return frozenset(("step", "exp_avg", "exp_avg_sq"))
 
 
 class _DefaultBetas(tuple):
@@ -187,9 +183,7 @@ class Adam(Optimizer):
     _rule = staticmethod(adam)
 
     def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
-        if group["amsgrad"]:
-            return frozenset(("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
-        return frozenset(("step", "exp_avg", "exp_avg_sq"))
+        return state_spec(group)
 
     def _flags(self, group: dict[str, Any], step: int, state: dict) -> dict[str, bool]:
         return flags(group)

@@ -8,7 +8,8 @@ from typing import Any
 import array_api_compat
 
 from ..backend import namespace
-from .optimizer import _as_param_list, _check_number
+from ._hyper import check_number
+from .optimizer import _as_param_list
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
@@ -48,7 +49,7 @@ def clip_grad_norm_(
     Raises:
         RuntimeError: if ``error_if_nonfinite`` and the total norm is NaN or inf.
     """
-    _check_number("max_norm", max_norm)
+    check_number("max_norm", max_norm, finite=False)
     norm_type = float(norm_type)
     if not norm_type > 0:
         raise ValueError(f"Invalid norm_type: {norm_type!r} (expected a number > 0 or inf)")
@@ -81,7 +82,7 @@ def clip_grad_norm_(
 
 def clip_grad_value_(parameters: Any, clip_value: float) -> None:
     """Clamp every gradient element to ``[-clip_value, clip_value]`` in place."""
-    _check_number("clip_value", clip_value)
+    check_number("clip_value", clip_value, finite=False)
     for p in _grads(parameters, "parameters"):
         xp = namespace(p.grad)
         _set_grad(p, xp.clip(p.grad, -clip_value, clip_value))

@@ -36,7 +36,7 @@ from ..backend import namespace
 from . import _engine
 from . import adam as _adam
 from . import sgd as _sgd
-from .optimizer import _state_keys
+from .optimizer import _state_keys, zero_state
 from .rule import trace
 
 __all__ = [
@@ -119,7 +119,7 @@ def sgd_step(
 
 def adam_init(param: Array, *, amsgrad: bool = False) -> dict[str, Any]:
     """Fresh Adam state for ``param``: ``step`` 0 and zero moments of its shape, dtype, device."""
-    return _adam.init_state(param, {}, amsgrad=amsgrad)
+    return zero_state(_adam.adam, _adam.state_spec({"amsgrad": amsgrad}), param, {})
 
 
 def adam_step(

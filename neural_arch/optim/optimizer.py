@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import numbers
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
@@ -118,16 +117,6 @@ class StateView(Mapping):
         return f"{type(self).__name__}({self._key!r}, names={list(self)})"
 
 
-def _check_number(name: str, value: Any, *, low: float = 0.0, high: float | None = None) -> None:
-    """Raise ValueError unless ``low <= value`` (and ``value < high`` when given)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value < high
-    if not ok:
-        expected = f"a number >= {low}" if high is None else f"a number in [{low}, {high})"
-        raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")
-
-
 def _is_param(obj: Any) -> bool:
     return hasattr(obj, "data") and hasattr(obj, "grad")
 
@@ -191,6 +180,17 @@ def _state_keys(rule: Callable) -> tuple[str, ...]:
 
 
 _STATE_KEYS: dict[Callable, tuple[str, ...]] = {}
+
+
+def zero_state(rule: Callable, spec: frozenset[str], data: Any, record: dict) -> dict:
+    """Fill ``record``: ``step`` 0 if ``spec`` has it, then zeros like ``data`` for the
+    rule's state arrays in ``spec`` that are missing, in the rule's order (torch's)."""
+    if "step" in spec:
+        record.setdefault("step", 0)
+    for key in _state_keys(rule):
+        if key in spec and record.get(key) is None:
+            record[key] = namespace(data).zeros_like(data)
+    return record
 
 
 class Optimizer:
@@ -444,12 +444,7 @@ class Optimizer:
         fill value, a scalar, an array the rule creates on its first step,
         stored as None) overrides this.
         """
-        spec = self._state_spec(group)
-        if "step" in spec:
-            record.setdefault("step", 0)
-        for key in _state_keys(self._rule):
-            if key in spec and record.get(key) is None:
-                record[key] = namespace(p.data).zeros_like(p.data)
+        zero_state(self._rule, self._state_spec(group), p.data, record)
 
     def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
         """The state keys a parameter of ``group`` keeps (none: SGD without momentum)."""
