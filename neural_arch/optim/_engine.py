@@ -483,6 +483,8 @@ def cupy_source(program: Program) -> tuple[str, str, str, str]:
             names.append(f"s_{args[0]}")
             continue
         names.append(f"v{i}")
+        if op == "input" and program.last_use[i] < 0:  # kept, never read (ASGD's ax): no copy
+            continue
         ctype = "bool" if program.kinds[i] == "bool" else "T"
         expr = f"a_{args[0]}" if op == "input" else _c_expr(op, [names[a] for a in args])
         body.append(f"{ctype} v{i} = {expr};")
