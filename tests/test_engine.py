@@ -145,7 +145,10 @@ def test_generic_engine_refuses_a_read_only_parameter_before_changing_anything()
     opt = na.SGD(params, lr=0.5, momentum=0.9)
     old = _fastpath.set_enabled(False)
     try:
-        with pytest.raises(ValueError, match="'param' array is read-only"):
+        with pytest.raises(
+            ValueError,
+            match=r"parameter 0 \(param_groups\[0\]\['params'\]\[0\]\) is a read-only array",
+        ):
             opt.step()
     finally:
         _fastpath.set_enabled(old)

@@ -14,7 +14,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Flag", "Pair", "Real", "check_number"]
+__all__ = ["Flag", "Pair", "Real", "as_python", "check_number"]
 
 
 def check_number(
@@ -48,6 +48,14 @@ def check_number(
         raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")
 
 
+def as_python(value: Any) -> Any:
+    """A NumPy (or other) real scalar as the Python int or float of its value; Python
+    numbers as they are."""
+    if type(value) in (int, float):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
 @dataclass(frozen=True)
 class Real:
     """A finite real number in ``[low, high)`` (``[low, high]`` when ``closed``)."""
@@ -58,7 +66,7 @@ class Real:
 
     def check(self, name: str, value: Any) -> Any:
         check_number(name, value, low=self.low, high=self.high, closed=self.closed)
-        return value
+        return as_python(value)
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ class Pair:
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
             raise ValueError(f"{name} must be a pair ({self.first}, {self.second}), got {value!r}")
         a, b = value
-        self.item.check(f"{self.first} ({name}[0])", a)
-        self.item.check(f"{self.second} ({name}[1])", b)
-        return (a, b)
+        a2 = self.item.check(f"{self.first} ({name}[0])", a)
+        b2 = self.item.check(f"{self.second} ({name}[1])", b)
+        if type(value) is tuple and a2 is a and b2 is b:
+            return value
+        return (a2, b2)

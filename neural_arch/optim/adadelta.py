@@ -88,6 +88,7 @@ class Adadelta(Optimizer):
         "maximize": Flag(),
     }
     _rule = staticmethod(adadelta)
+    _nonnegative_state: ClassVar[frozenset[str]] = frozenset(("square_avg", "acc_delta"))
 
     def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
         return frozenset(("step", "square_avg", "acc_delta"))

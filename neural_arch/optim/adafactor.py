@@ -140,6 +140,7 @@ class Adafactor(Optimizer):
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
     """
 
+    _nonnegative_state: ClassVar[frozenset[str]] = frozenset(("row_var", "col_var", "variance"))
     hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),
         "beta2_decay": Real(low=-math.inf, high=0.0, closed=True),
@@ -221,18 +222,6 @@ class Adafactor(Optimizer):
 
     def _update_group(self, group: dict[str, Any], pairs: list[tuple[Any, Any]]) -> None:
         """Torch's ``_single_tensor_adafactor`` on each (parameter, gradient) pair, in order."""
-        for p, _ in pairs:  # refuse before anything changes
-            data, name = p.data, self._names[id(p)]
-            xp = namespace(data)
-            if not xp.isdtype(data.dtype, "real floating"):
-                raise TypeError(
-                    f"Adafactor supports real floating-point parameters only; parameter "
-                    f"{name!r} has dtype {data.dtype}"
-                )
-            if not is_immutable(data) and not _writable(data):
-                raise ValueError(
-                    f"the optimizer updates arrays in place, but parameter {name!r} is read-only"
-                )
         lr, beta2_decay, d = group["lr"], group["beta2_decay"], group["d"]
         weight_decay, maximize = group["weight_decay"], group["maximize"]
         eps1, eps2 = group["eps"]

@@ -100,6 +100,7 @@ class Adagrad(Optimizer):
         "maximize": Flag(),
     }
     _rule = staticmethod(adagrad)
+    _nonnegative_state: ClassVar[frozenset[str]] = frozenset(("sum",))
 
     def add_param_group(self, param_group: Any) -> None:
         """As :meth:`Optimizer.add_param_group`; the new parameters' state is made at once."""

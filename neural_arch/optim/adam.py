@@ -181,6 +181,7 @@ class Adam(Optimizer):
         "decoupled_weight_decay": Flag(),
     }
     _rule = staticmethod(adam)
+    _nonnegative_state: ClassVar[frozenset[str]] = frozenset(("exp_avg_sq", "max_exp_avg_sq"))
 
     def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
         return state_spec(group)

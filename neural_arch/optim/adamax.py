@@ -88,6 +88,7 @@ class Adamax(Optimizer):
         "maximize": Flag(),
     }
     _rule = staticmethod(adamax)
+    _nonnegative_state: ClassVar[frozenset[str]] = frozenset(("exp_inf",))
 
     def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
         return frozenset(("step", "exp_avg", "exp_inf"))

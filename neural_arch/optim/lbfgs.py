@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import array_api_compat
 
 from ..backend import device, float_errors_ignored, is_immutable, namespace, to_backend
+from . import _validate
 from .optimizer import Optimizer
 from .rule import Real
 
@@ -537,6 +538,9 @@ class LBFGS(Optimizer):
             )
         if not callable(closure):
             raise TypeError(f"LBFGS.step() takes a callable closure, got {closure!r:.80}")
+        group = self.param_groups[0]
+        cache = self._caches.setdefault(id(group), {})
+        group.update(_validate.check_hyper(self, 0, group, cache))  # as given, normalized
         params = self._params()
         for p in params:
             data = p.data
@@ -573,6 +577,7 @@ class LBFGS(Optimizer):
             self.state[params[0]] = state
         else:
             record.update(state)
+        self._bump_versions([(group, [(p, None) for p in params])])
         self.step_count += 1
         return loss
 

@@ -131,6 +131,7 @@ class NAdam(Optimizer):
         "maximize": Flag(),
     }
     _rule = staticmethod(nadam)
+    _nonnegative_state: ClassVar[frozenset[str]] = frozenset(("exp_avg_sq",))
     _scalar_state: ClassVar[tuple[str, ...]] = ("mu_product",)
 
     def _check_group(self, group: dict[str, Any]) -> None:

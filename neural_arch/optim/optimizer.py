@@ -16,8 +16,12 @@ or a small class of your own.  The optimizer knows nothing of ``nn``.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import inspect
 import itertools
+import math
+import numbers
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
@@ -25,7 +29,7 @@ from typing import Any, ClassVar
 import array_api_compat
 
 from ..backend import backend_name, device, float_errors_ignored, namespace, to_backend
-from . import _engine, _fastpath
+from . import _engine, _fastpath, _hyper, _validate
 from ._hyper import Real
 from .rule import trace
 
@@ -191,6 +195,62 @@ def zero_state(rule: Callable, spec: frozenset[str], data: Any, record: dict) ->
         if key in spec and record.get(key) is None:
             record[key] = namespace(data).zeros_like(data)
     return record
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a step runs.
+
+    A step makes a few small tuples and lists per parameter, all freed by
+    reference counting; with thousands of parameters they would trigger
+    collections that traverse every object of the program (two thirds of a
+    step of 10,000 small parameters, measured).
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _count(value: Any, where: str) -> int:
+    """An integer >= 0 (``step``, ``step_count``): Python, NumPy or a 0-d array of an
+    integral value, as torch keeps ``step`` as a float tensor; not a bool."""
+    number = value
+    if array_api_compat.is_array_api_obj(value) and getattr(value, "shape", None) == ():
+        number = float(value)
+    if (
+        isinstance(number, numbers.Real)
+        and not isinstance(number, bool)
+        and not isinstance(value, bool)
+        and math.isfinite(number)
+        and number >= 0
+        and number == int(number)
+    ):
+        return int(number)
+    raise ValueError(f"{where} is {value!r:.60}; expected an integer >= 0")
+
+
+def _real(value: Any, where: str) -> float:
+    """A finite real number (NAdam's ``mu_product``), also from a 0-d array."""
+    number = value
+    if array_api_compat.is_array_api_obj(value) and getattr(value, "shape", None) == ():
+        number = float(value)
+    if isinstance(number, numbers.Real) and not isinstance(number, bool) and math.isfinite(number):
+        return float(number)
+    raise ValueError(f"{where} is {value!r:.60}; expected a finite number")
+
+
+def _index(value: Any, where: str) -> int:
+    """A parameter index of a state dict: an int, or its decimal string (a JSON key)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    raise ValueError(f"{where} has parameter index {value!r:.60}; expected an integer >= 0")
 
 
 class Optimizer:
@@ -365,33 +425,58 @@ class Optimizer:
         None are skipped entirely (no state, no step count).
         """
         loss = closure() if closure is not None else None
-        work = []
-        for group in self.param_groups:
-            pairs = [(p, p.grad) for p in group["params"] if p.grad is not None]
-            for p, g in pairs:
-                if g.shape != p.data.shape and tuple(g.shape) != tuple(p.data.shape):
-                    raise ValueError(
-                        f"gradient of parameter {self._names[id(p)]!r} has shape "
-                        f"{tuple(g.shape)}, but the parameter has shape {tuple(p.data.shape)}"
-                    )
-            if pairs:
-                work.append((group, pairs))
-        with float_errors_ignored():  # non-finite values are handled here, not warned about
-            if self.nonfinite != "ignore":
-                bad = self._first_nonfinite(work)
-                if bad is not None:
-                    if self.nonfinite == "skip":
-                        self.skipped_steps += 1
-                        return loss
-                    raise FloatingPointError(
-                        f"gradient of parameter {bad!r} contains NaN or infinity; no parameter "
-                        "or optimizer state was changed (pass nonfinite='skip' to skip such "
-                        "steps, or clip/scale the loss)"
-                    )
+        with float_errors_ignored(), _no_gc():  # non-finite values are handled here
+            work = self._checked_work()
+            if work is None:
+                return loss
             for group, pairs in work:
                 self._update_group(group, pairs)
+        self._bump_versions(work)
         self.step_count += 1
         return loss
+
+    #: parameters updated by a step get ``_version`` incremented (autograd's check)
+    _bumps_versions: ClassVar[bool] = True
+
+    def _checked_work(self) -> list[tuple[dict, list]] | None:
+        """Every group's ``(parameter, gradient)`` pairs, checked before anything is written.
+
+        Raises ValueError/TypeError naming the parameter for anything the
+        update could trip over (see :mod:`._validate`), FloatingPointError for
+        a non-finite gradient with ``nonfinite="raise"``; returns None for a
+        step skipped by ``nonfinite="skip"``.  Only when every check passed
+        are its staged fixes applied (hyperparameters as Python numbers,
+        state cast to a parameter's new dtype).
+        """
+        work, staged = [], []
+        for gi, group in enumerate(self.param_groups):
+            cache = self._caches.setdefault(id(group), {})
+            pairs = _validate.check_group(self, gi, group, cache, staged)
+            if pairs:
+                work.append((group, pairs))
+        if self.nonfinite != "ignore":
+            bad = self._first_nonfinite(work)
+            if bad is not None:
+                if self.nonfinite == "skip":
+                    self.skipped_steps += 1
+                    return None
+                raise FloatingPointError(
+                    f"gradient of parameter {bad!r} contains NaN or infinity; no parameter "
+                    "or optimizer state was changed (pass nonfinite='skip' to skip such "
+                    "steps, or clip/scale the loss)"
+                )
+        for target, key, value in staged:
+            target[key] = value
+        return work
+
+    @staticmethod
+    def _bump_versions(work: list[tuple[dict, list]]) -> None:
+        """Tell autograd the parameters changed (a graph recorded before now is stale)."""
+        for _, pairs in work:
+            for p, _ in pairs:
+                version = getattr(p, "_version", None)
+                if type(version) is int:
+                    p._version = version + 1
 
     def _first_nonfinite(self, work: list[tuple[dict, list]]) -> Any:
         """Name of the first parameter with a non-finite gradient, or None."""
@@ -584,63 +669,162 @@ class Optimizer:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a state from :meth:`state_dict` (of this or another backend, or of torch.optim).
 
-        Arrays are copied onto each parameter's backend, device and dtype.
-        Raises ValueError naming the group or parameter when the saved layout
-        (group count, group sizes, state shapes) does not match; on error
-        nothing is changed.
+        All or nothing: everything is checked and converted before anything
+        is replaced.  Arrays are copied onto each parameter's backend, device
+        and dtype (never the file's dtype).  Raises ValueError or TypeError
+        naming the group, parameter or key for a layout that does not match
+        (group count and sizes, state shapes), a state dict of another
+        optimizer (hyperparameters or state keys this one does not have),
+        missing state, a ``step`` that is not an integer >= 0, arrays that
+        are not real floating or not finite, negative second moments, and
+        hyperparameters this optimizer would refuse.
         """
         if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups' entries")
-        saved_groups = list(state_dict["param_groups"])
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)):
+            raise TypeError(
+                "state_dict['param_groups'] must be a list of group dicts, got "
+                f"{type(saved_groups).__name__}"
+            )
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"loaded state dict has {len(saved_groups)} parameter groups, "
                 f"this optimizer has {len(self.param_groups)}"
             )
-        by_index: dict[int, Any] = {}
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, Mapping):
+            raise TypeError(
+                "state_dict['state'] must be a dict parameter index -> state dict, got "
+                f"{type(saved_state).__name__}"
+            )
+        counters = {
+            key: _count(state_dict.get(key, 0), f"state_dict[{key!r}]")
+            for key in ("step_count", "skipped_steps")
+        }
+        by_index: dict[int, tuple[Any, dict]] = {}
         new_groups = []
         for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
-            ids = list(saved["params"])
-            if len(ids) != len(group["params"]):
-                raise ValueError(
-                    f"loaded param_groups[{i}] has {len(ids)} parameters, this optimizer's "
-                    f"param_groups[{i}] has {len(group['params'])}"
-                )
-            by_index.update(zip((int(j) for j in ids), group["params"], strict=True))
-            new = {k: v for k, v in saved.items() if k not in ("params", "param_names")}
-            merged = {**group, **new}
-            self._check_group(merged)
+            merged = self._loaded_group(i, saved, group)
             new_groups.append(merged)
+            for j, raw in enumerate(saved["params"]):
+                index = _index(raw, f"loaded param_groups[{i}]['params']")
+                if index in by_index:
+                    raise ValueError(
+                        f"loaded param_groups list parameter index {index} more than once"
+                    )
+                by_index[index] = (group["params"][j], merged)
 
         new_state = []
-        for key, record in dict(state_dict["state"]).items():
+        for key, record in saved_state.items():
             try:
-                p = by_index[int(key)]
-            except (KeyError, ValueError):
+                p, merged = by_index[_index(key, "loaded state")]
+            except KeyError:
                 raise ValueError(
                     f"loaded state refers to parameter index {key!r}, which is not in any "
                     "loaded param_groups entry"
                 ) from None
-            new_state.append((p, self._convert_record(record, p, self._names[id(p)])))
+            name = self._names[id(p)]
+            if not isinstance(record, Mapping):
+                raise TypeError(
+                    f"loaded state of parameter {name!r} is a {type(record).__name__}, "
+                    "not a dict of state entries"
+                )
+            if not record:
+                continue
+            out = self._convert_record(record, p, name)
+            self._check_loaded_record(out, p, merged, name)
+            new_state.append((p, out))
 
         for group, merged in zip(self.param_groups, new_groups, strict=True):
             group.update(merged)
         self.state.clear()
         for p, record in new_state:
             self.state[p] = record
-        self.step_count = int(state_dict.get("step_count", 0))
-        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+        self.step_count = counters["step_count"]
+        self.skipped_steps = counters["skipped_steps"]
+        self._caches.clear()
+
+    #: hyperparameters a state dict may lack (torch added them in later versions):
+    #: the optimizer keeps its own value
+    _optional_hyper: ClassVar[frozenset[str]] = frozenset(
+        ("maximize", "decoupled_weight_decay", "foreach", "capturable", "differentiable")
+    )
+    #: state arrays that hold no negative value (second moments): refused when loaded so
+    _nonnegative_state: ClassVar[frozenset[str]] = frozenset()
+    #: state arrays that may be None (made by the rule on its first step)
+    _nullable_state: ClassVar[frozenset[str]] = frozenset()
+
+    def _loaded_group(self, i: int, saved: Any, group: dict[str, Any]) -> dict[str, Any]:
+        """``group`` with the saved hyperparameters, checked (not yet applied)."""
+        if not isinstance(saved, Mapping) or "params" not in saved:
+            raise TypeError(f"loaded param_groups[{i}] must be a dict with a 'params' entry")
+        ids = saved["params"]
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, (list, tuple)):
+            raise TypeError(
+                f"loaded param_groups[{i}]['params'] must be a list of parameter indices, "
+                f"got {type(ids).__name__}"
+            )
+        if len(ids) != len(group["params"]):
+            raise ValueError(
+                f"loaded param_groups[{i}] has {len(ids)} parameters, this optimizer's "
+                f"param_groups[{i}] has {len(group['params'])}"
+            )
+        missing = sorted(set(self.hyper) - set(saved) - self._optional_hyper)
+        if missing:
+            raise ValueError(
+                f"loaded param_groups[{i}] has no {', '.join(map(repr, missing))}: "
+                f"it is not a state dict of {type(self).__name__} (whose hyperparameters are "
+                f"{', '.join(self.hyper)})"
+            )
+        new = {k: v for k, v in saved.items() if k not in ("params", "param_names")}
+        merged = {**group, **new}
+        try:
+            self._check_group(merged)
+            if "initial_lr" in merged:  # a scheduler's
+                _hyper.check_number("initial_lr", merged["initial_lr"])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"loaded param_groups[{i}]: {e}") from None
+        merged.pop("params")
+        return merged
+
+    def _check_loaded_record(self, record: dict, p: Any, group: dict, name: Any) -> None:
+        """A converted record holds what the rule needs for ``group`` and nothing foreign."""
+        if self._rule is None:
+            return
+        allowed = {"step", *self._scalar_state, *_state_keys(self._rule)}
+        unknown = sorted(set(record) - allowed)
+        if unknown:
+            raise ValueError(
+                f"loaded state of parameter {name!r} has {', '.join(map(repr, unknown))}, "
+                f"which {type(self).__name__} does not keep (its state: "
+                f"{', '.join(sorted(allowed))}): is it another optimizer's state dict?"
+            )
+        required = self._state_spec(group)
+        missing = sorted(k for k in required if record.get(k) is None)
+        missing = [k for k in missing if not (k in self._nullable_state and k in record)]
+        if missing:
+            raise ValueError(
+                f"loaded state of parameter {name!r} lacks {', '.join(map(repr, missing))}, "
+                f"which {type(self).__name__} needs with these hyperparameters"
+            )
 
     def _convert_record(self, record: Mapping[str, Any], p: Any, name: Any) -> dict[str, Any]:
+        """The loaded ``record`` of ``p`` on its backend, device and dtype, checked."""
         xp, dev = namespace(p.data), device(p.data)
         out: dict[str, Any] = {}
         for key, value in record.items():
+            where = f"loaded state {key!r} of parameter {name!r}"
+            if not isinstance(key, str):
+                raise TypeError(f"loaded state of parameter {name!r} has a key {key!r}, not a str")
             if key in self._scalar_state:  # torch keeps these as 0-d tensors
-                out[key] = float(value)
+                out[key] = _real(value, where)
             elif key == "step":
-                out[key] = int(float(value)) if not isinstance(value, int) else value
-            elif value is None or not array_api_compat.is_array_api_obj(value):
+                out[key] = _count(value, where)
+            elif value is None:
                 out[key] = value
+            elif not array_api_compat.is_array_api_obj(value):
+                raise TypeError(f"{where} is a {type(value).__name__}, not an array")
             else:
                 expected = self._state_shape(key, p)
                 if tuple(value.shape) != expected:
@@ -650,7 +834,15 @@ class Optimizer:
                         f"{tuple(value.shape)}, but the parameter has shape "
                         f"{tuple(p.data.shape)}{shown}"
                     )
-                out[key] = to_backend(value, xp, device=dev, dtype=p.data.dtype, copy=True)
+                src = namespace(value)
+                if not src.isdtype(value.dtype, "real floating"):
+                    raise TypeError(f"{where} has dtype {value.dtype}, not a real floating dtype")
+                array = to_backend(value, xp, device=dev, dtype=p.data.dtype, copy=True)
+                if not bool(xp.all(xp.isfinite(array))):
+                    raise ValueError(f"{where} holds NaN or infinity")
+                if key in self._nonnegative_state and not bool(xp.all(array >= 0)):
+                    raise ValueError(f"{where} holds negative values (it is a second moment)")
+                out[key] = array
         return out
 
     def _state_shape(self, key: str, p: Any) -> tuple[int, ...]:

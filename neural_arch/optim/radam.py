@@ -111,6 +111,7 @@ class RAdam(Optimizer):
         "maximize": Flag(),
     }
     _rule = staticmethod(radam)
+    _nonnegative_state: ClassVar[frozenset[str]] = frozenset(("exp_avg_sq",))
 
     def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
         return frozenset(("step", "exp_avg", "exp_avg_sq"))

@@ -110,6 +110,7 @@ class RMSprop(Optimizer):
         "maximize": Flag(),
     }
     _rule = staticmethod(rmsprop)
+    _nonnegative_state: ClassVar[frozenset[str]] = frozenset(("square_avg",))
 
     def _state_spec(self, group: dict[str, Any]) -> frozenset[str]:
         keys = {"step", "square_avg"}

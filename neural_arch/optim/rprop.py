@@ -94,6 +94,7 @@ class Rprop(Optimizer):
         "maximize": Flag(),
     }
     _rule = staticmethod(rprop)
+    _nonnegative_state: ClassVar[frozenset[str]] = frozenset(("step_size",))
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)

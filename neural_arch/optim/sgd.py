@@ -109,6 +109,7 @@ class SGD(Optimizer):
         "maximize": Flag(),
     }
     _rule = staticmethod(sgd)
+    _nullable_state: ClassVar[frozenset[str]] = frozenset(("momentum_buffer",))
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
