@@ -183,9 +183,23 @@ def resolve_dtype(xp: ModuleType, dtype: Any = None) -> Any:
     try:
         return getattr(xp, name)
     except AttributeError:
+        if name == "bfloat16" and backend_name(xp) in ("numpy", "cupy"):
+            try:  # NumPy's bfloat16 is ml_dtypes' (which JAX depends on)
+                import ml_dtypes
+            except ImportError:
+                raise ValueError(
+                    "bfloat16 arrays on NumPy need the ml_dtypes package (pip install ml_dtypes)"
+                ) from None
+            return np.dtype(ml_dtypes.bfloat16)
         raise ValueError(
             f"dtype {dtype!r} is not available in backend {backend_name(xp)!r}"
         ) from None
+
+
+def _torch_int16() -> Any:
+    import torch
+
+    return torch.int16
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -198,7 +212,10 @@ def to_numpy(x: Any) -> np.ndarray:
     if array_api_compat.is_cupy_array(x):
         return x.get()
     if array_api_compat.is_torch_array(x):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # NumPy's bfloat16 is ml_dtypes', same bits
+            return x.view(_torch_int16()).numpy().view(resolve_dtype(np, "bfloat16"))
+        return x.numpy()
     if array_api_compat.is_jax_array(x):
         return np.asarray(x)
     if array_api_compat.is_array_api_obj(x):
@@ -234,7 +251,13 @@ def to_backend(
     if host.dtype == np.dtype("O"):
         raise TypeError(f"cannot convert {type(x).__name__} to an array")
     placement = {} if device is None else {"device": device}
-    out = xp.asarray(host, copy=copy, **placement)
+    if host.dtype.name == "bfloat16" and backend_name(xp) == "torch":  # ml_dtypes' bits
+        import torch
+
+        out = torch.from_numpy(np.array(host.view(np.int16), copy=True)).view(torch.bfloat16)
+        out = out if device is None else out.to(device)
+    else:
+        out = xp.asarray(host, copy=copy, **placement)
     if target_dtype is not None and out.dtype != target_dtype:
         out = xp.astype(out, target_dtype)
     return out

@@ -69,8 +69,11 @@ def test_signature_is_torchs(torch, cls):
         if p.name not in TORCH_ONLY
     ]
     mine = [(p.name, p.kind, p.default) for p in inspect.signature(cls).parameters.values()]
-    assert mine[:-1] == expected
-    assert mine[-1] == ("nonfinite", inspect.Parameter.KEYWORD_ONLY, "raise")
+    assert mine[:-2] == expected
+    assert mine[-2:] == [
+        ("nonfinite", inspect.Parameter.KEYWORD_ONLY, "raise"),
+        ("master_weights", inspect.Parameter.KEYWORD_ONLY, False),
+    ]
 
 
 def test_lion_signature_is_the_references():
@@ -82,6 +85,7 @@ def test_lion_signature_is_the_references():
         ("betas", (0.9, 0.99)),
         ("weight_decay", 0.0),
         ("nonfinite", "raise"),
+        ("master_weights", False),
     ]
     assert params[-1].kind is inspect.Parameter.KEYWORD_ONLY
 

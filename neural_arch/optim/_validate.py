@@ -29,6 +29,7 @@ import numpy as np  # only to recognise NumPy arrays, whose device needs no chec
 
 from ..backend import backend_name, device, is_immutable, namespace
 from ._engine import _writable
+from ._precision import is_low, state_dtype
 
 __all__ = ["check_group", "where"]
 
@@ -45,7 +46,7 @@ def _is_real_float(xp: Any, dtype: Any) -> bool:
     ok = _real_float.get(key)
     if ok is None:
         try:
-            ok = bool(xp.isdtype(dtype, "real floating"))
+            ok = is_low(dtype) or bool(xp.isdtype(dtype, "real floating"))
         except Exception:  # not a dtype of this namespace
             ok = False
         _real_float[key] = ok
@@ -208,7 +209,11 @@ def _check_pair(
                 f"the gradient of {where(opt, gi, i, p)} has dtype {g.dtype}; a gradient is "
                 f"real floating (the parameter's dtype, {x.dtype})"
             )
-        g = xp.astype(g, x.dtype)  # rounded to the parameter's dtype, as p.grad.to(p.dtype)
+        # rounded to the dtype the step computes in: the parameter's, as p.grad.to(p.dtype),
+        # or float32 for a float16/bfloat16 parameter
+        compute = state_dtype(xp, x.dtype)
+        if g.dtype != compute:
+            g = xp.astype(g, compute)
     if entry is not None:
         _check_record(opt, gi, i, p, x, xp, entry[1], staged)
     return g
@@ -239,12 +244,13 @@ def _check_record(
                 f"state {key!r} of {where(opt, gi, i, p)} is on device {device(value)}, but "
                 f"the parameter is on {device(x)}"
             )
-        if value.dtype != x.dtype:
+        if value.dtype != state_dtype(xp, x.dtype):
             if not _is_real_float(xp, value.dtype):
                 raise TypeError(
                     f"state {key!r} of {where(opt, gi, i, p)} has dtype {value.dtype}, not a "
                     "real floating dtype"
                 )
-            staged.append((record, key, xp.astype(value, x.dtype)))  # state follows the param
+            # state follows the parameter (float32 for float16/bfloat16)
+            staged.append((record, key, xp.astype(value, state_dtype(xp, x.dtype))))
         elif not _writable(value) and not is_immutable(value):
             staged.append((record, key, xp.asarray(value, copy=True)))

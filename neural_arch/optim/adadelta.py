@@ -58,6 +58,9 @@ class Adadelta(Optimizer):
         weight_decay: L2 penalty added to the gradient (default 0).
         maximize: maximize the objective instead of minimizing it.
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+        master_weights: for float16/bfloat16 parameters, also keep a float32
+            copy of each parameter that the updates accumulate into (see
+            :class:`Optimizer`); no effect on other dtypes.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class Adadelta(Optimizer):
         *,
         maximize: bool = False,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         defaults = {
             "lr": lr,
@@ -78,7 +82,7 @@ class Adadelta(Optimizer):
             "weight_decay": weight_decay,
             "maximize": maximize,
         }
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, master_weights=master_weights)
 
     hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),

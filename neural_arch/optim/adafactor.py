@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import array_api_compat
 
 from ..backend import device, is_immutable, namespace
+from ._precision import is_low, state_dtype, state_zeros
 from .optimizer import Optimizer
 from .rule import Flag, Real
 
@@ -138,6 +139,9 @@ class Adafactor(Optimizer):
         weight_decay: decoupled weight-decay coefficient (default 0).
         maximize: maximize the objective instead of minimizing it.
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+        master_weights: for float16/bfloat16 parameters, also keep a float32
+            copy of each parameter that the updates accumulate into (see
+            :class:`Optimizer`); no effect on other dtypes.
     """
 
     _nonnegative_state: ClassVar[frozenset[str]] = frozenset(("row_var", "col_var", "variance"))
@@ -161,6 +165,7 @@ class Adafactor(Optimizer):
         *,
         maximize: bool = False,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         defaults = {
             "lr": lr,
@@ -170,7 +175,7 @@ class Adafactor(Optimizer):
             "weight_decay": weight_decay,
             "maximize": maximize,
         }
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, master_weights=master_weights)
 
     # ------------------------------------------------------------ state
 
@@ -187,7 +192,7 @@ class Adafactor(Optimizer):
         if out:
             factored = len(p.data.shape) > 1
             expected = {"step", "row_var", "col_var"} if factored else {"step", "variance"}
-            if set(out) != expected:
+            if set(out) - {"master_param"} != expected:
                 raise ValueError(
                     f"loaded state of parameter {name!r} (shape {tuple(p.data.shape)}) has "
                     f"keys {sorted(out)}; Adafactor keeps {sorted(expected)} for it"
@@ -213,10 +218,12 @@ class Adafactor(Optimizer):
         if len(shape) > 1:
             for key in ("row_var", "col_var"):
                 record[key] = xp.zeros(
-                    self._state_shape(key, p), dtype=data.dtype, device=device(data)
+                    self._state_shape(key, p),
+                    dtype=state_dtype(xp, data.dtype),
+                    device=device(data),
                 )
         else:
-            record["variance"] = xp.zeros_like(data)
+            record["variance"] = state_zeros(xp, data)
 
     # ------------------------------------------------------------- step
 
@@ -226,11 +233,18 @@ class Adafactor(Optimizer):
         weight_decay, maximize = group["weight_decay"], group["maximize"]
         eps1, eps2 = group["eps"]
         for p, g in pairs:
-            data = p.data
+            stored = data = p.data
             xp = namespace(data)
             record = self.state[p]
             if not record:
                 self._init_record(p, record)
+            master = None
+            if is_low(data.dtype):  # float16/bfloat16: computed in float32
+                if self.master_weights:
+                    master = record.get("master_param")
+                    if master is None:
+                        master = record["master_param"] = xp.astype(data, xp.float32)
+                data = master if master is not None else xp.astype(data, xp.float32)
             if g.dtype != data.dtype:
                 g = xp.astype(g, data.dtype)
             grad = -g if maximize else g
@@ -267,7 +281,11 @@ class Adafactor(Optimizer):
             denom = max(1.0, float(_norm(xp, update)) / ((numel**0.5) * d))
             new = _axpy(new, -alpha / denom, update)
 
-            p.data = _store(data, new)
+            if master is not None:
+                record["master_param"] = _store(master, new)
+            if stored is not data:
+                new = xp.astype(new, stored.dtype)
+            p.data = _store(stored, new)
             for key, value in states.items():
                 record[key] = _store(record[key], value)
             record["step"] = step

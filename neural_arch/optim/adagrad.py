@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..backend import namespace
+from ._precision import state_full
 from .optimizer import Optimizer
 from .rule import Flag, Real, sqrt
 
@@ -67,6 +68,9 @@ class Adagrad(Optimizer):
         eps: added to the denominator (default 1e-10).
         maximize: maximize the objective instead of minimizing it.
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+        master_weights: for float16/bfloat16 parameters, also keep a float32
+            copy of each parameter that the updates accumulate into (see
+            :class:`Optimizer`); no effect on other dtypes.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class Adagrad(Optimizer):
         *,
         maximize: bool = False,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         defaults = {
             "lr": lr,
@@ -89,7 +94,7 @@ class Adagrad(Optimizer):
             "initial_accumulator_value": initial_accumulator_value,
             "maximize": maximize,
         }  # torch's order of the group keys
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, master_weights=master_weights)
 
     hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),
@@ -123,7 +128,7 @@ class Adagrad(Optimizer):
         record.setdefault("step", 0)
         if record.get("sum") is None:
             value = float(group["initial_accumulator_value"])
-            record["sum"] = namespace(p.data).full_like(p.data, value)
+            record["sum"] = state_full(namespace(p.data), p.data, value)
 
     def _flags(self, group: dict[str, Any], step: int, state: dict) -> dict[str, bool]:
         return {"maximize": group["maximize"], "l2": group["weight_decay"] != 0}

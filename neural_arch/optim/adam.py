@@ -120,6 +120,9 @@ class Adam(Optimizer):
             decoupled_weight_decay=True)`` is :class:`AdamW` (torch 2.13's
             keyword; it is a per-group option).
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+        master_weights: for float16/bfloat16 parameters, also keep a float32
+            copy of each parameter that the updates accumulate into (see
+            :class:`Optimizer`); no effect on other dtypes.
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class Adam(Optimizer):
         beta1: float | None = None,
         beta2: float | None = None,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         defaults = {
             "lr": lr,
@@ -146,7 +150,7 @@ class Adam(Optimizer):
             "maximize": maximize,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, master_weights=master_weights)
 
     @property
     def m(self) -> StateView:
@@ -219,6 +223,7 @@ class AdamW(Adam):
         beta1: float | None = None,
         beta2: float | None = None,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         super().__init__(
             params,
@@ -232,4 +237,5 @@ class AdamW(Adam):
             beta1=beta1,
             beta2=beta2,
             nonfinite=nonfinite,
+            master_weights=master_weights,
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..backend import namespace
+from ._precision import state_zeros
 from .optimizer import Optimizer
 from .rule import Flag, Real
 
@@ -112,6 +113,9 @@ class ASGD(Optimizer):
         weight_decay: L2 penalty (default 0).
         maximize: maximize the objective instead of minimizing it.
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+        master_weights: for float16/bfloat16 parameters, also keep a float32
+            copy of each parameter that the updates accumulate into (see
+            :class:`Optimizer`); no effect on other dtypes.
 
     Where torch's schedule raises OverflowError (``(1 + lambd * lr * t) **
     alpha`` beyond the float range), ``eta`` becomes 0, the float32 value the
@@ -131,6 +135,7 @@ class ASGD(Optimizer):
         maximize: bool = False,
         *,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         defaults = {
             "lr": lr,
@@ -140,7 +145,7 @@ class ASGD(Optimizer):
             "weight_decay": weight_decay,
             "maximize": maximize,
         }
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, master_weights=master_weights)
 
     hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),
@@ -161,7 +166,7 @@ class ASGD(Optimizer):
         record.setdefault("eta", _float32(group["lr"]))
         record.setdefault("mu", 1.0)
         if record.get("ax") is None:
-            record["ax"] = namespace(p.data).zeros_like(p.data)
+            record["ax"] = state_zeros(namespace(p.data), p.data)
 
     def _flags(self, group: dict[str, Any], step: int, state: dict) -> dict[str, bool]:
         return {

@@ -58,6 +58,9 @@ class Lion(Optimizer):
             the momentum's decay rate, each in [0, 1) (default (0.9, 0.99)).
         weight_decay: decoupled weight decay rate (default 0).
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+        master_weights: for float16/bfloat16 parameters, also keep a float32
+            copy of each parameter that the updates accumulate into (see
+            :class:`Optimizer`); no effect on other dtypes.
     """
 
     def __init__(
@@ -68,9 +71,10 @@ class Lion(Optimizer):
         weight_decay: float = 0.0,
         *,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay}
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, master_weights=master_weights)
 
     hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),

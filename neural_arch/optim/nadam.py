@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..backend import namespace
+from ._precision import state_zeros
 from .adam import Adam
 from .optimizer import Optimizer
 from .rule import Flag, Real, lerp, sqrt
@@ -90,6 +91,9 @@ class NAdam(Optimizer):
             ``weight_decay * p`` to the gradient (NAdamW).
         maximize: maximize the objective instead of minimizing it.
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+        master_weights: for float16/bfloat16 parameters, also keep a float32
+            copy of each parameter that the updates accumulate into (see
+            :class:`Optimizer`); no effect on other dtypes.
 
     ``betas[0]`` and ``momentum_decay`` together must keep ``mu_1`` below 1
     in float32 (else torch divides by ``1 - mu_product = 0`` on the first
@@ -109,6 +113,7 @@ class NAdam(Optimizer):
         *,
         maximize: bool = False,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         defaults = {
             "lr": lr,
@@ -119,7 +124,7 @@ class NAdam(Optimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
             "maximize": maximize,
         }
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, master_weights=master_weights)
 
     hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),
@@ -148,12 +153,12 @@ class NAdam(Optimizer):
         return frozenset(("step", "mu_product", "exp_avg", "exp_avg_sq"))
 
     def _init_state(self, p: Any, group: dict[str, Any], record: dict[str, Any]) -> None:
-        zeros_like = namespace(p.data).zeros_like
+        xp = namespace(p.data)
         record.setdefault("step", 0)  # torch's order of keys
         record.setdefault("mu_product", 1.0)
         for key in ("exp_avg", "exp_avg_sq"):
             if record.get(key) is None:
-                record[key] = zeros_like(p.data)
+                record[key] = state_zeros(xp, p.data)
 
     def _convert_record(self, record: Mapping[str, Any], p: Any, name: Any) -> dict[str, Any]:
         out = super()._convert_record(record, p, name)

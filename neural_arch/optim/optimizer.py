@@ -31,6 +31,7 @@ import array_api_compat
 from ..backend import backend_name, device, float_errors_ignored, namespace, to_backend
 from . import _engine, _fastpath, _hyper, _validate
 from ._hyper import Real
+from ._precision import is_low, state_dtype, state_zeros
 from .rule import trace
 
 __all__ = ["Optimizer"]
@@ -193,7 +194,7 @@ def zero_state(rule: Callable, spec: frozenset[str], data: Any, record: dict) ->
         record.setdefault("step", 0)
     for key in _state_keys(rule):
         if key in spec and record.get(key) is None:
-            record[key] = namespace(data).zeros_like(data)
+            record[key] = state_zeros(namespace(data), data)
     return record
 
 
@@ -272,6 +273,14 @@ class Optimizer:
             device-to-host synchronisation per parameter group (only when
             that sum is not finite are the gradients checked elementwise).
             See docs/performance.md for its measured cost.
+        master_weights: for float16 and bfloat16 parameters, which always
+            keep float32 state and compute in float32, also keep a float32
+            copy of each parameter (state ``"master_param"``): the update is
+            applied to the copy and the parameter is its rounding, so that
+            updates smaller than half a unit in the last place of float16
+            accumulate instead of being lost.  The copy is the truth: a value
+            written into ``p.data`` between steps is overwritten by the next
+            step.  No effect on float32/float64 parameters.
 
     Attributes:
         param_groups: list of dicts, each with ``"params"`` and hyperparameters.
@@ -286,11 +295,19 @@ class Optimizer:
     #: the update rule (:mod:`.rule`), or None when ``_update_group`` is overridden
     _rule: Callable[..., Mapping[str, Any]] | None = None
 
-    def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise"):
+    def __init__(
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        *,
+        nonfinite: str = "raise",
+        master_weights: bool = False,
+    ):
         if nonfinite not in _NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {_NONFINITE_MODES}, got {nonfinite!r}")
         self.defaults = dict(defaults)
         self.nonfinite = nonfinite
+        self.master_weights = _hyper.Flag().check("master_weights", master_weights)
         self.param_groups: list[dict[str, Any]] = []
         self.state = _ParamState()
         self.step_count = 0
@@ -562,9 +579,12 @@ class Optimizer:
                 p, g, record = items[i]
                 arrays = {k: record.get(k) for k in program.arrays}
                 x = p.data
-                arrays["param"], arrays["grad"] = x, g
                 if type(x) is not kind:  # a group holds one library: look it up once
                     kind, xp = type(x), namespace(x)
+                if is_low(x.dtype):
+                    self._run_low(program, xp, p, g, record, arrays, scalars)
+                    continue
+                arrays["param"], arrays["grad"] = x, g
                 out = _engine.run_generic(program, xp, arrays, scalars)
                 p.data = out.pop("param")
                 record.update(out)
@@ -573,6 +593,25 @@ class Optimizer:
             if new:
                 for _, _, record in items:
                     record.update(new)
+
+    def _run_low(self, program, xp, p, g, record, arrays, scalars) -> None:
+        """The rule on a float16/bfloat16 parameter: in float32, rounded where written back."""
+        x, f32 = p.data, xp.float32
+        master = record.get("master_param") if self.master_weights else None
+        if self.master_weights and master is None:
+            master = record["master_param"] = xp.astype(x, f32)
+        arrays["param"] = master if master is not None else xp.astype(x, f32)
+        arrays["grad"] = g if g.dtype == f32 else xp.astype(g, f32)
+        out = _engine.run_generic(program, xp, arrays, scalars)
+        new = out.pop("param")
+        if master is not None:
+            out["master_param"] = new
+        rounded = xp.astype(new, x.dtype)
+        if _engine._writable(x):
+            x[...] = rounded
+        else:
+            p.data = rounded
+        record.update(out)
 
     def _buckets(self, group: dict, pairs: list, keys: tuple, cache: dict) -> dict:
         """``{(present state arrays, step): [(param, grad, record), ...]}`` for this step.
@@ -618,6 +657,8 @@ class Optimizer:
                     if record[k] is None:  # made by the rule on its first step
                         present = tuple(k for k in full if record[k] is not None)
                         break
+            elif self.master_weights and is_low(p.data.dtype):  # a record for the copy
+                record, present = self.state[p], ()
             else:
                 record, present = {}, ()
             key = (
@@ -792,7 +833,7 @@ class Optimizer:
         """A converted record holds what the rule needs for ``group`` and nothing foreign."""
         if self._rule is None:
             return
-        allowed = {"step", *self._scalar_state, *_state_keys(self._rule)}
+        allowed = {"step", *self._scalar_state, *_state_keys(self._rule), "master_param"}
         unknown = sorted(set(record) - allowed)
         if unknown:
             raise ValueError(
@@ -837,7 +878,8 @@ class Optimizer:
                 src = namespace(value)
                 if not src.isdtype(value.dtype, "real floating"):
                     raise TypeError(f"{where} has dtype {value.dtype}, not a real floating dtype")
-                array = to_backend(value, xp, device=dev, dtype=p.data.dtype, copy=True)
+                dtype = state_dtype(xp, p.data.dtype)  # float32 for float16/bfloat16
+                array = to_backend(value, xp, device=dev, dtype=dtype, copy=True)
                 if not bool(xp.all(xp.isfinite(array))):
                     raise ValueError(f"{where} holds NaN or infinity")
                 if key in self._nonnegative_state and not bool(xp.all(array >= 0)):

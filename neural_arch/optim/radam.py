@@ -78,6 +78,9 @@ class RAdam(Optimizer):
             ``weight_decay * p`` to the gradient.
         maximize: maximize the objective instead of minimizing it.
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+        master_weights: for float16/bfloat16 parameters, also keep a float32
+            copy of each parameter that the updates accumulate into (see
+            :class:`Optimizer`); no effect on other dtypes.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class RAdam(Optimizer):
         *,
         maximize: bool = False,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         defaults = {
             "lr": lr,
@@ -100,7 +104,7 @@ class RAdam(Optimizer):
             "maximize": maximize,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, master_weights=master_weights)
 
     hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),

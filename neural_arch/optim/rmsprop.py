@@ -74,6 +74,9 @@ class RMSprop(Optimizer):
             (``v - m**2``) instead of its second moment.
         maximize: maximize the objective instead of minimizing it.
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+        master_weights: for float16/bfloat16 parameters, also keep a float32
+            copy of each parameter that the updates accumulate into (see
+            :class:`Optimizer`); no effect on other dtypes.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class RMSprop(Optimizer):
         maximize: bool = False,
         *,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         defaults = {
             "lr": lr,
@@ -98,7 +102,7 @@ class RMSprop(Optimizer):
             "weight_decay": weight_decay,
             "maximize": maximize,
         }  # torch's order of the group keys
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, master_weights=master_weights)
 
     hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..backend import namespace
+from ._precision import state_full, state_zeros
 from .optimizer import Optimizer
 from .rule import Flag, Pair, Real, maximum, minimum, sign, where
 
@@ -68,6 +69,9 @@ class Rprop(Optimizer):
             size, ``0 <= step_size_min <= step_size_max`` (default (1e-6, 50)).
         maximize: maximize the objective instead of minimizing it.
         nonfinite: ``"raise"``, ``"skip"`` or ``"ignore"`` (see :class:`Optimizer`).
+        master_weights: for float16/bfloat16 parameters, also keep a float32
+            copy of each parameter that the updates accumulate into (see
+            :class:`Optimizer`); no effect on other dtypes.
 
     torch checks only ``lr`` and ``etas``; ``step_sizes`` in the wrong order
     (which torch's clamp turns into every step size equal to
@@ -83,9 +87,10 @@ class Rprop(Optimizer):
         *,
         maximize: bool = False,
         nonfinite: str = "raise",
+        master_weights: bool = False,
     ):
         defaults = {"lr": lr, "etas": etas, "step_sizes": step_sizes, "maximize": maximize}
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, master_weights=master_weights)
 
     hyper: ClassVar[Mapping[str, Any]] = {
         "lr": Real(),
@@ -119,9 +124,9 @@ class Rprop(Optimizer):
         xp = namespace(p.data)
         record.setdefault("step", 0)  # torch's order: step, prev, step_size
         if record.get("prev") is None:
-            record["prev"] = xp.zeros_like(p.data)
+            record["prev"] = state_zeros(xp, p.data)
         if record.get("step_size") is None:
-            record["step_size"] = xp.full_like(p.data, float(group["lr"]))
+            record["step_size"] = state_full(xp, p.data, float(group["lr"]))
 
     def _flags(self, group: dict[str, Any], step: int, state: dict) -> dict[str, bool]:
         return {"maximize": group["maximize"]}
