@@ -19,14 +19,15 @@ from ..backend import device
 __all__ = ["is_low", "state_dtype", "state_full", "state_zeros"]
 
 LOW = frozenset(("float16", "bfloat16"))
-_low: dict[Any, bool] = {}
+_low: dict[tuple[type, Any], bool] = {}
 
 
 def is_low(dtype: Any) -> bool:
     """Whether ``dtype`` is float16 or bfloat16 (of any library)."""
-    low = _low.get(dtype)
+    key = (type(dtype), dtype)  # the type first: dtypes of two libraries are never compared
+    low = _low.get(key)
     if low is None:
-        low = _low[dtype] = str(dtype).rsplit(".", 1)[-1] in LOW
+        low = _low[key] = str(dtype).rsplit(".", 1)[-1] in LOW
     return low
 
 
