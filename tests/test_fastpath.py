@@ -160,8 +160,21 @@ def test_first_nonfinite_reads_transposed_gradients(kernels):
 def test_first_nonfinite_leaves_other_arrays_to_the_generic_check(kernels):
     g = np.ones(6)
     assert _fastpath.first_nonfinite([(None, g[::2])]) is None  # not contiguous
-    assert _fastpath.first_nonfinite([(None, g.astype("float16"))]) is None
+    assert _fastpath.first_nonfinite([(None, g.astype("int32"))]) is None
     assert _fastpath.first_nonfinite([(None, g), (None, [1.0])]) is None
+
+
+@pytest.mark.parametrize("low", ["float16", "bfloat16"])
+def test_first_nonfinite_reads_16_bit_gradients(kernels, low):
+    dtype = np.float16 if low == "float16" else pytest.importorskip("ml_dtypes").bfloat16
+    grads = [np.ones(5, dtype), np.ones((2, 3), dtype), np.ones(4, dtype)]
+    assert _fastpath.first_nonfinite([(None, g) for g in grads]) == -1
+    for bad in (np.inf, -np.inf, np.nan):
+        grads[1][1, 2] = bad
+        assert _fastpath.first_nonfinite([(None, g) for g in grads]) == 1
+        grads[1][1, 2] = 1
+    grads[2][3] = 65504 if low == "float16" else 3e38  # the largest finite values
+    assert _fastpath.first_nonfinite([(None, g) for g in grads]) == -1
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

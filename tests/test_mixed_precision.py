@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _helpers import P, to_np
-from optimizers import TABLE, case_id, cases
+from optimizers import TABLE, case_id, cases, covering_cases
 
 import neural_arch as na
 from neural_arch.backend import backend_name, to_backend
+from neural_arch.optim import _engine, _fastpath
 
 ENTRIES = [
     pytest.param(e, next(iter(cases(e))), id=case_id(e, next(iter(cases(e))))) for e in TABLE
@@ -186,3 +187,90 @@ def test_float32_gradient_of_a_float16_parameter_is_used_in_float32():
 def test_master_weights_must_be_a_bool(value):
     with pytest.raises(ValueError, match="Invalid master_weights"):
         na.Adam([P(np.ones(3, np.float16))], master_weights=value)
+
+
+# ----------------------------------------------- the NumPy kernels on 16-bit floats
+
+RULES = [e for e in TABLE if e.cls._rule is not None]
+# every option of every rule in float16; bfloat16 and master copies on each rule's first case
+# (the generated kernels differ there only in how the parameter is read and written)
+VARIANTS = [
+    pytest.param(e, kw, "float16", False, id=f"{case_id(e, kw)}-float16")
+    for e in RULES
+    for kw in covering_cases(e)
+] + [
+    pytest.param(e, next(iter(cases(e))), low, master, id=f"{e.name}-{low}-{tag}")
+    for e in RULES
+    for low, master, tag in (
+        ("bfloat16", False, "plain"),
+        ("float16", True, "master"),
+        ("bfloat16", True, "master"),
+    )
+]
+
+
+@pytest.fixture
+def kernels():
+    pytest.importorskip("numba", reason="the NumPy fast path needs numba (neural_arch[fast])")
+    if not _fastpath.enabled():
+        pytest.skip("the fast path is switched off (NEURAL_ARCH_FASTPATH=0)")
+
+
+def _run16(entry, kwargs, dtype, master, steps=5, shapes=((3, 4), (7,), (2, 3))):
+    """Parameters and optimizer after ``steps`` steps; one gradient F-ordered (a copy)."""
+    rng = np.random.default_rng(3)
+    params = [P(rng.standard_normal(s).astype(np.float32).astype(dtype)) for s in shapes]
+    opt = entry.make(params, master_weights=master, **kwargs)
+    for _ in range(steps):
+        for i, p in enumerate(params):
+            g = (rng.standard_normal(p.data.shape) * 0.1).astype(np.float32).astype(dtype)
+            p.grad = np.asfortranarray(g) if i == 0 else g
+        opt.step()
+    return params, opt
+
+
+def _same16(a, b):
+    (pa, oa), (pb, ob) = a, b
+    for i, (x, y) in enumerate(zip(pa, pb, strict=True)):
+        assert x.data.dtype == y.data.dtype and x.data.tobytes() == y.data.tobytes(), i
+        ra, rb = oa.state[x], ob.state[y]
+        assert list(ra) == list(rb), i
+        for k, v in ra.items():
+            if hasattr(v, "dtype"):
+                assert v.dtype == rb[k].dtype and v.tobytes() == rb[k].tobytes(), (i, k)
+            else:
+                assert v == rb[k], (i, k)
+
+
+@pytest.mark.parametrize(("entry", "kwargs", "low", "master"), VARIANTS)
+def test_numpy_kernels_on_16_bit_floats_equal_the_generic_path(
+    kernels, monkeypatch, entry, kwargs, low, master
+):
+    dtype = _np_low(low)
+    old = _fastpath.set_enabled(False)
+    try:
+        reference = _run16(entry, kwargs, dtype, master)
+    finally:
+        _fastpath.set_enabled(old)
+
+    def refuse(*args, **kw):
+        raise AssertionError("a 16-bit parameter went through the generic engine")
+
+    monkeypatch.setattr(_engine, "run_generic", refuse)
+    _same16(_run16(entry, kwargs, dtype, master), reference)
+
+
+@pytest.mark.parametrize("master", [False, True], ids=["plain", "master"])
+@pytest.mark.parametrize("low", ["float16", "bfloat16"])
+def test_numpy_kernels_on_16_bit_floats_split_over_threads(kernels, monkeypatch, low, master):
+    """Segments of 2-byte and 4-byte columns start at the same element."""
+    dtype = _np_low(low)
+    entry = next(e for e in TABLE if e.name == "Adam")
+    one = _run16(entry, {}, dtype, master, shapes=((301,), (5, 7)))
+    monkeypatch.setattr(_fastpath, "PARALLEL_MIN_SIZE", 16)
+    old = _fastpath.set_num_threads(2)
+    try:
+        two = _run16(entry, {}, dtype, master, shapes=((301,), (5, 7)))
+    finally:
+        _fastpath.set_num_threads(old)
+    _same16(two, one)

@@ -50,6 +50,15 @@ __all__ = ["enabled", "first_nonfinite", "run", "set_enabled", "set_num_threads"
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _ndarray = np.ndarray
+#: 16-bit float dtypes the NumPy kernels read and write (computing in float32): their names
+_LOW = {np.dtype(np.float16): "float16"}
+try:
+    import ml_dtypes
+
+    _LOW[np.dtype(ml_dtypes.bfloat16)] = "bfloat16"
+except ImportError:  # pragma: no cover - ml_dtypes comes with JAX
+    pass
+_CHECKED = (_F32, _F64, *_LOW)  # gradient dtypes the compiled finiteness check reads
 
 #: Below this many elements in a group, one thread does the update even when
 #: more are allowed: waking threads costs more than the work.
@@ -132,7 +141,7 @@ def _grad_info(cache: dict, g: Any) -> tuple | None:
     entry = cache.get(id(g))
     if entry is not None and entry[0]() is g:
         return entry
-    if type(g) is not _ndarray or g.dtype not in (_F32, _F64):
+    if type(g) is not _ndarray or g.dtype not in _CHECKED:
         return None
     flags = g.flags
     kind = "C" if flags.c_contiguous else "F" if flags.f_contiguous else "X"
@@ -206,12 +215,16 @@ def run(
     items: list[tuple[Any, Any, dict]],
     scalars: dict[str, float],
     cache: dict,
+    master: bool = False,
 ) -> list[int]:
     """Apply ``program`` to the ``(param, grad, record)`` items the kernels take; return the rest.
 
     ``scalars`` are the program's per-step scalars (Python floats); state the
     program creates is stored into the records.  ``cache`` is a dict the
-    optimizer keeps per parameter group.
+    optimizer keeps per parameter group.  For float16/bfloat16 NumPy
+    parameters the kernels compute in float32 with float32 state; with
+    ``master`` they update the record's ``"master_param"`` (which must
+    exist) and write its rounding into the parameter.
     """
     if not _enabled or not items:
         return list(range(len(items)))
@@ -220,18 +233,31 @@ def run(
     if t is _ndarray:
         if x0.dtype in (_F32, _F64) and _numba():
             return _run_numba(program, items, scalars, cache, x0.dtype)
+        if x0.dtype in _LOW and _numba():
+            return _run_numba(program, items, scalars, cache, _F32, x0.dtype, master)
     # CuPy is named, not imported: it may be absent
     elif t.__module__.partition(".")[0] == "cupy" and x0.dtype in (_F32, _F64) and _load("cupy"):
         return _run_cupy(program, items, scalars)
     return list(range(len(items)))
 
 
-def _numba_kernels(program: Program) -> Any:
-    key = (program, "numba")
+def _numba_kernels(program: Program, storage: str | None = None, master: bool = False) -> Any:
+    key = (program, "numba") if storage is None else (program, "numba", storage, master)
     kernels = _kernels.get(key)
     if kernels is None:
-        kernels = _kernels[key] = _numba().load_kernels(_engine.numba_source(program))
+        source = _engine.numba_source(program, storage, master)
+        kernels = _kernels[key] = _numba().load_kernels(source)
     return kernels
+
+
+_widening: dict[Any, Any] = {}
+
+
+def _widening_table(low: Any) -> Any:
+    table = _widening.get(low)
+    if table is None:
+        table = _widening[low] = _numba().widening_table(low)
+    return table
 
 
 class _Table:
@@ -255,6 +281,7 @@ class _Table:
         self.grad_ok = np.zeros(0, bool)
         self.copies: list[tuple[Any, Any]] = []  # (C-ordered scratch view, gradient) per step
         self.scratch = np.zeros(0)
+        self.itemsizes = np.zeros(0, np.int64)  # bytes per element of each column
 
 
 _deref = weakref.ref.__call__
@@ -268,19 +295,25 @@ def _fits(a: Any, dt: Any, shape: tuple, write: bool = True) -> bool:
     return flags.c_contiguous and (flags.writeable or not write)
 
 
-def _run_numba(program, items, scalars, cache, dt) -> list[int]:
-    kernels = _numba_kernels(program)
+def _run_numba(program, items, scalars, cache, dt, low=None, master=False) -> list[int]:
+    """The numba kernels over a group of ``dt`` parameters (``low``: float16/bfloat16
+    parameters computed in ``dt``, float32; ``master``: updating their master copies)."""
+    storage = None if low is None else _LOW[low]
+    master = master and low is not None
+    kernels = _numba_kernels(program) if low is None else _numba_kernels(program, storage, master)
     if kernels is False:
         return list(range(len(items)))
     states = [k for k in program.arrays if k not in ("param", "grad")]
-    created = [k for k in states if k not in program.inputs]  # written only: new state
+    if master:
+        states.append("master_param")
+    created = [k for k in states if k not in program.inputs and k != "master_param"]
     objects: list[Any] = []
     add = objects.append
     for p, _, record in items:
         add(p.data)
         for k in states:
             add(record.get(k))
-    key = (program, dt)
+    key = (program, dt, low, master)
     table = cache.get(key)
     if (
         table is None
@@ -288,13 +321,14 @@ def _run_numba(program, items, scalars, cache, dt) -> list[int]:
         or len(table.objects) != len(objects)
         or not all(map(operator.is_, table.objects, objects))
     ):
-        table = _build_table(program, items, dt, objects, states, created)
+        table = _build_table(program, items, dt, objects, states, created, low, master)
         if not created:  # a table pointing at fresh state arrays serves one step only
             cache[key] = table
     grads = [items[i][1] for i in table.taken]
     refs = table.grad_refs
     if refs is None or not all(map(operator.is_, map(_deref, refs), grads)):
-        _point_at_grads(program, table, grads, cache.setdefault("grads", {}), dt)
+        gdt = dt if low is None else low
+        _point_at_grads(program, table, grads, cache.setdefault("grads", {}), gdt)
     for view, g in table.copies:
         np.copyto(view, g)
     rows, sizes, rest = table.rows, table.sizes, table.rest
@@ -305,10 +339,10 @@ def _run_numba(program, items, scalars, cache, dt) -> list[int]:
     if len(sizes):
         cast = dt.type
         args = [cast(scalars[name]) for name in program.scalars]
-        like = np.empty(0, dt)
+        like = np.empty(0, dt) if low is None else _widening_table(low)
         threads = _num_threads
         if threads > 1 and int(sizes.sum()) >= PARALLEL_MIN_SIZE:
-            rows, sizes = _split(rows, sizes, threads, dt.itemsize)
+            rows, sizes = _split(rows, sizes, threads, table.itemsizes)
             if not _call(program, kernels.threaded, (rows, sizes, like, *args), parallel=True):
                 return list(range(len(items)))
         elif not _call(program, kernels.serial, (rows, sizes, like, *args)):
@@ -337,20 +371,26 @@ def _call(program: Program, kernel: Any, args: tuple, parallel: bool = False) ->
     return True
 
 
-def _build_table(program, items, dt, objects, states, created) -> _Table:
+def _build_table(program, items, dt, objects, states, created, low=None, master=False) -> _Table:
     table = _Table()
     cols = program.arrays
-    written = {k for k, _ in program.outputs}
+    if master:  # the parameter column is the master copy; the 16-bit parameter comes last
+        cols = (*cols, "low")
+    written = {k for k, _ in program.outputs} | {"master_param"}
+    narrow = set() if low is None else {"grad", "low"} if master else {"param", "grad"}
+    table.itemsizes = np.array([2 if k in narrow else dt.itemsize for k in cols], np.int64)
     rows, sizes = [], []
     for i, (p, _, record) in enumerate(items):
         x = p.data
         shape = x.shape
         arrays = {"param": x}
-        ok = _fits(x, dt, shape) and x.size > 0
+        ok = _fits(x, dt if low is None else low, shape) and x.size > 0
         for k in states:
-            a = np.empty_like(x) if k in created else record.get(k)
+            a = np.empty(shape, dt) if k in created else record.get(k)
             ok = ok and _fits(a, dt, shape, write=k in written)
             arrays[k] = a
+        if master:
+            arrays["param"], arrays["low"] = arrays["master_param"], x
         if not ok:
             table.rest.append(i)
             continue
@@ -402,8 +442,10 @@ def _point_at_grads(program: Program, table: _Table, grads: list, infos: dict, d
             del infos[key]
 
 
-def _split(rows: Any, sizes: Any, threads: int, itemsize: int) -> tuple[Any, Any]:
-    """The table cut into about ``4 * threads`` segments of equal size, for numba's threads."""
+def _split(rows: Any, sizes: Any, threads: int, itemsizes: Any) -> tuple[Any, Any]:
+    """The table cut into about ``4 * threads`` segments of equal size, for numba's threads.
+
+    ``itemsizes[j]`` is the element size of column ``j`` (its segments' offsets)."""
     target = max(1, -(-int(sizes.sum()) // (4 * threads)))
     pieces = -(-sizes // target)  # segments per row
     row_of = np.repeat(np.arange(len(sizes)), pieces)
@@ -411,7 +453,7 @@ def _split(rows: Any, sizes: Any, threads: int, itemsize: int) -> tuple[Any, Any
     k = np.arange(len(row_of)) - first[row_of]  # the segment's position within its row
     start = k * target
     seg = np.minimum(sizes[row_of] - start, target)
-    return rows[row_of] + (start * itemsize)[:, None], seg.astype(np.int64)
+    return rows[row_of] + start[:, None] * itemsizes[None, :], seg.astype(np.int64)
 
 
 # --------------------------------------------------------------------- CuPy

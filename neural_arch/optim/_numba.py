@@ -31,19 +31,36 @@ from typing import Any
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["EXPONENT_MASKS", "NumbaError", "first_nonfinite", "load_kernels", "voidptr"]
+__all__ = [
+    "EXPONENT_MASKS",
+    "NumbaError",
+    "first_nonfinite",
+    "load_kernels",
+    "to_bfloat16",
+    "to_float16",
+    "voidptr",
+    "widening_table",
+]
 
 NumbaError = numba.core.errors.NumbaError
 
 #: float dtype -> (unsigned integer dtype of its width, the mask of its exponent bits)
 EXPONENT_MASKS = {
+    np.dtype(np.float16): (np.dtype(np.uint16), np.uint16(0x7C00)),
     np.dtype(np.float32): (np.dtype(np.uint32), np.uint32(0x7F800000)),
     np.dtype(np.float64): (np.dtype(np.uint64), np.uint64(0x7FF0000000000000)),
 }
+try:  # NumPy's bfloat16
+    import ml_dtypes
+
+    EXPONENT_MASKS[np.dtype(ml_dtypes.bfloat16)] = (np.dtype(np.uint16), np.uint16(0x7F80))
+except ImportError:  # pragma: no cover - ml_dtypes comes with JAX
+    pass
 
 
 @intrinsic
@@ -55,6 +72,62 @@ def voidptr(typingctx: Any, address: Any) -> Any:
         return builder.inttoptr(args[0], cgutils.voidptr_t)
 
     return sig, codegen
+
+
+@intrinsic
+def float_bits(typingctx: Any, x: Any) -> Any:
+    """The bits of a float32 as a uint32 (a bit cast, no conversion)."""
+    sig = types.uint32(x)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@numba.njit(inline="always", nogil=True)
+def to_float16(x):  # pragma: no cover - compiled
+    """The float16 nearest to float32 ``x`` (ties to even), as its bits: NumPy's cast."""
+    f = float_bits(x)
+    f_exp = f & numba.uint32(0x7F800000)
+    sign = numba.uint16((f >> numba.uint32(16)) & numba.uint32(0x8000))
+    if f_exp >= numba.uint32(0x47800000):  # overflow, infinity or NaN
+        sig = f & numba.uint32(0x007FFFFF)
+        if f_exp == numba.uint32(0x7F800000) and sig != 0:  # NaN: keep the payload's top
+            h = numba.uint32(0x7C00) + (sig >> numba.uint32(13))
+            if h == numba.uint32(0x7C00):
+                h += numba.uint32(1)
+            return sign | numba.uint16(h)
+        return sign | numba.uint16(0x7C00)
+    if f_exp <= numba.uint32(0x38000000):  # a subnormal float16, or zero
+        if f_exp < numba.uint32(0x33000000):
+            return sign
+        e = f_exp >> numba.uint32(23)
+        sig = numba.uint32(0x00800000) + (f & numba.uint32(0x007FFFFF))
+        sig = sig >> (numba.uint32(113) - e)
+        if (sig & numba.uint32(0x3FFF)) != numba.uint32(0x1000) or (f & numba.uint32(0x7FF)) != 0:
+            sig += numba.uint32(0x1000)
+        return sign | numba.uint16(sig >> numba.uint32(13))
+    h_exp = (f_exp - numba.uint32(0x38000000)) >> numba.uint32(13)
+    sig = f & numba.uint32(0x007FFFFF)
+    if (sig & numba.uint32(0x3FFF)) != numba.uint32(0x1000):
+        sig += numba.uint32(0x1000)
+    return sign | numba.uint16((sig >> numba.uint32(13)) + h_exp)
+
+
+@numba.njit(inline="always", nogil=True)
+def to_bfloat16(x):  # pragma: no cover - compiled
+    """The bfloat16 nearest to float32 ``x`` (ties to even), as its bits: ml_dtypes' cast."""
+    f = float_bits(x)
+    if (f & numba.uint32(0x7FFFFFFF)) > numba.uint32(0x7F800000):  # NaN: a quiet one
+        return numba.uint16((f >> numba.uint32(16)) | numba.uint32(0x40))
+    f += numba.uint32(0x7FFF) + ((f >> numba.uint32(16)) & numba.uint32(1))
+    return numba.uint16(f >> numba.uint32(16))
+
+
+def widening_table(dtype: Any) -> np.ndarray:
+    """float32 values of the 65536 bit patterns of a 16-bit float dtype (exact)."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(dtype).astype(np.float32)
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)

@@ -575,7 +575,9 @@ class Optimizer:
             if missing:
                 raise KeyError(f"{type(self).__name__}._scalars() does not provide {missing}")
             kind, xp = None, None
-            for i in _fastpath.run(program, items, scalars, cache):
+            if self.master_weights:
+                self._make_masters(items)
+            for i in _fastpath.run(program, items, scalars, cache, self.master_weights):
                 p, g, record = items[i]
                 arrays = {k: record.get(k) for k in program.arrays}
                 x = p.data
@@ -594,12 +596,19 @@ class Optimizer:
                 for _, _, record in items:
                     record.update(new)
 
+    @staticmethod
+    def _make_masters(items: list) -> None:
+        """The float32 master copies of float16/bfloat16 parameters that have none yet."""
+        for p, _, record in items:
+            if record.get("master_param") is None and is_low(p.data.dtype):
+                record["master_param"] = namespace(p.data).astype(
+                    p.data, namespace(p.data).float32
+                )
+
     def _run_low(self, program, xp, p, g, record, arrays, scalars) -> None:
         """The rule on a float16/bfloat16 parameter: in float32, rounded where written back."""
         x, f32 = p.data, xp.float32
         master = record.get("master_param") if self.master_weights else None
-        if self.master_weights and master is None:
-            master = record["master_param"] = xp.astype(x, f32)
         arrays["param"] = master if master is not None else xp.astype(x, f32)
         arrays["grad"] = g if g.dtype == f32 else xp.astype(g, f32)
         out = _engine.run_generic(program, xp, arrays, scalars)
