@@ -11,6 +11,18 @@ elementwise operations have the broadcast shape; the engine in
 Python numbers stay Python numbers, so a float32 tensor times ``0.5`` stays
 float32 (the standard's promotion rules).  Combining Tensors of different
 array libraries is a TypeError naming both.
+
+Each operation tells the engine which tensors its gradient reads (``saved``
+of ``Tensor._from_op``), so that ``backward()`` refuses values changed in place
+after the forward pass.  As in PyTorch, an operation ignores changes to what it
+does not read: ``add``, ``sub``, ``neg``, ``sum``, ``mean``, ``reshape``,
+``transpose``, ``getitem``, ``concat``, ``stack`` and ``relu`` (its mask is
+taken in the forward pass) read no value; ``where`` reads only its condition;
+``mul`` and ``matmul`` read each operand only for the other's gradient; ``exp``,
+``sqrt``, ``tanh``, ``sigmoid``, ``softmax`` and ``log_softmax`` read their
+result, not their input; ``div``, ``pow``, ``log``, ``max`` and
+``binary_cross_entropy_with_logits`` read their inputs (``div``, ``pow`` and
+``max`` also their result).  The other losses are built from these operations.
 """
 
 from __future__ import annotations
@@ -136,6 +148,13 @@ def _needs(x: Any) -> bool:
     return isinstance(x, Tensor) and x.requires_grad
 
 
+def _cross(a: Any, b: Any) -> tuple[Any, ...]:
+    """What a product's gradient reads: ``b`` for ``a``'s gradient, ``a`` for ``b``'s."""
+    if isinstance(a, Tensor) and a.requires_grad:
+        return (b, a) if isinstance(b, Tensor) and b.requires_grad else (b,)
+    return (a,)
+
+
 def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
     """``axis`` as a tuple of non-negative axes (all axes for None)."""
     if axis is None:
@@ -161,19 +180,19 @@ def _expand_reduced(g: Any, shape: tuple[int, ...], axes: tuple[int, ...], keepd
 def add(a: Any, b: Any) -> Tensor:
     """``a + b`` with broadcasting."""
     a, b, x, y = _binary(a, b)
-    return Tensor._from_op(x + y, (a, b), lambda g: (g, g))
+    return Tensor._from_op(x + y, (a, b), lambda g: (g, g), ())
 
 
 def sub(a: Any, b: Any) -> Tensor:
     """``a - b`` with broadcasting."""
     a, b, x, y = _binary(a, b)
-    return Tensor._from_op(x - y, (a, b), lambda g: (g, -g))
+    return Tensor._from_op(x - y, (a, b), lambda g: (g, -g), ())
 
 
 def mul(a: Any, b: Any) -> Tensor:
     """``a * b`` with broadcasting."""
     a, b, x, y = _binary(a, b)
-    return Tensor._from_op(x * y, (a, b), lambda g: (g * y, g * x))
+    return Tensor._from_op(x * y, (a, b), lambda g: (g * y, g * x), _cross(a, b))
 
 
 def div(a: Any, b: Any) -> Tensor:
@@ -184,7 +203,7 @@ def div(a: Any, b: Any) -> Tensor:
     def vjp(g: Any) -> tuple[Any, Any]:
         return (g / y if _needs(a) else None, -(g * out) / y if _needs(b) else None)
 
-    return Tensor._from_op(out, (a, b), vjp)
+    return Tensor._from_op(out, (a, b), vjp, (b, None) if _needs(b) else (b,))
 
 
 def pow(a: Any, b: Any) -> Tensor:
@@ -204,7 +223,7 @@ def pow(a: Any, b: Any) -> Tensor:
                 gb = g * out * _ns(x).log(x)
         return ga, gb
 
-    return Tensor._from_op(out, (a, b), vjp)
+    return Tensor._from_op(out, (a, b), vjp, (a, b, None) if _needs(b) else (a, b))
 
 
 def compare(a: Any, b: Any, op: str) -> Tensor:
@@ -224,7 +243,7 @@ def compare(a: Any, b: Any, op: str) -> Tensor:
 def neg(a: Any) -> Tensor:
     """``-a``."""
     a = _tensor(a)
-    return Tensor._from_op(-a.data, (a,), lambda g: (-g,))
+    return Tensor._from_op(-a.data, (a,), lambda g: (-g,), ())
 
 
 def matmul(a: Any, b: Any) -> Tensor:
@@ -254,7 +273,7 @@ def matmul(a: Any, b: Any) -> Tensor:
             gb = xp.reshape(unbroadcast(gb, my.shape), y.shape) if y.ndim == 1 else gb
         return ga, gb
 
-    return Tensor._from_op(x @ y, (a, b), vjp)
+    return Tensor._from_op(x @ y, (a, b), vjp, _cross(a, b))
 
 
 # --- reductions and shape -----------------------------------------------------------------
@@ -266,7 +285,8 @@ def sum(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False)
     xp = _ns(x.data)
     axes = _axes(axis, x.ndim)
     out = xp.sum(x.data, axis=axes, keepdims=keepdims)
-    return Tensor._from_op(out, (x,), lambda g: (_expand_reduced(g, x.shape, axes, keepdims),))
+    shape = x.shape
+    return Tensor._from_op(out, (x,), lambda g: (_expand_reduced(g, shape, axes, keepdims),), ())
 
 
 def mean(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
@@ -274,9 +294,12 @@ def mean(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False
     x = _tensor(x)
     xp = _ns(x.data)
     axes = _axes(axis, x.ndim)
-    n = math.prod(x.shape[i] for i in axes)
+    shape = x.shape
+    n = math.prod(shape[i] for i in axes)
     out = xp.mean(x.data, axis=axes, keepdims=keepdims)
-    return Tensor._from_op(out, (x,), lambda g: (_expand_reduced(g, x.shape, axes, keepdims) / n,))
+    return Tensor._from_op(
+        out, (x,), lambda g: (_expand_reduced(g, shape, axes, keepdims) / n,), ()
+    )
 
 
 def max(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
@@ -284,10 +307,11 @@ def max(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False)
     x = _tensor(x)
     xp = _ns(x.data)
     axes = _axes(axis, x.ndim)
-    kept = xp.max(x.data, axis=axes, keepdims=True)
+    data = x.data
+    kept = xp.max(data, axis=axes, keepdims=True)
 
     def vjp(g: Any) -> tuple[Any]:
-        mask = xp.astype(x.data == kept, g.dtype)
+        mask = xp.astype(data == kept, g.dtype)
         count = xp.sum(mask, axis=axes, keepdims=True)
         g = g if keepdims else xp.reshape(g, kept.shape)
         return (mask * (g / count),)
@@ -297,7 +321,7 @@ def max(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False)
         if keepdims
         else xp.reshape(kept, tuple(n for i, n in enumerate(x.shape) if i not in axes))
     )
-    return Tensor._from_op(out, (x,), vjp)
+    return Tensor._from_op(out, (x,), vjp, (x, None))
 
 
 def reshape(x: Any, shape: Sequence[int]) -> Tensor:
@@ -308,7 +332,8 @@ def reshape(x: Any, shape: Sequence[int]) -> Tensor:
     if not all(isinstance(n, int) for n in shape):
         raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
     out = xp.reshape(x.data, shape)
-    return Tensor._from_op(out, (x,), lambda g: (xp.reshape(g, x.shape),))
+    old = x.shape
+    return Tensor._from_op(out, (x,), lambda g: (xp.reshape(g, old),), ())
 
 
 def transpose(x: Any, axes: Sequence[int] | None = None) -> Tensor:
@@ -321,7 +346,7 @@ def transpose(x: Any, axes: Sequence[int] | None = None) -> Tensor:
         raise ValueError(f"axes must be a permutation of {tuple(range(n))}, got {axes!r}")
     inverse = tuple(perm.index(i) for i in range(n))
     out = xp.permute_dims(x.data, perm)
-    return Tensor._from_op(out, (x,), lambda g: (xp.permute_dims(g, inverse),))
+    return Tensor._from_op(out, (x,), lambda g: (xp.permute_dims(g, inverse),), ())
 
 
 def getitem(x: Any, key: Any) -> Tensor:
@@ -343,7 +368,8 @@ def getitem(x: Any, key: Any) -> Tensor:
     else:
         key = items if isinstance(key, tuple) else items[0]
     out = x.data[key]
-    return Tensor._from_op(out, (x,), lambda g: (_scatter_add(g, x.shape, key, has_array),))
+    shape = x.shape
+    return Tensor._from_op(out, (x,), lambda g: (_scatter_add(g, shape, key, has_array),), ())
 
 
 def _index_item(xp: Any, k: Any, x: Tensor) -> Any:
@@ -398,7 +424,7 @@ def concat(tensors: Sequence[Any], axis: int = 0) -> Tensor:
         lead = (slice(None),) * ax
         return tuple(g[(*lead, slice(s, e), ...)] for s, e in itertools.pairwise(bounds))
 
-    return Tensor._from_op(out, tuple(ts), vjp)
+    return Tensor._from_op(out, tuple(ts), vjp, ())
 
 
 def stack(tensors: Sequence[Any], axis: int = 0) -> Tensor:
@@ -412,7 +438,7 @@ def stack(tensors: Sequence[Any], axis: int = 0) -> Tensor:
         lead = (slice(None),) * ax
         return tuple(g[(*lead, i, ...)] for i in range(len(ts)))
 
-    return Tensor._from_op(out, tuple(ts), vjp)
+    return Tensor._from_op(out, tuple(ts), vjp, ())
 
 
 def _sequence(tensors: Any, name: str) -> list[Tensor]:
@@ -439,7 +465,8 @@ def where(condition: Any, a: Any, b: Any) -> Tensor:
         zero = xp.zeros_like(g)
         return xp.where(cond, g, zero), xp.where(cond, zero, g)
 
-    return Tensor._from_op(out, (a, b), vjp)
+    # Reads the condition, not the values.
+    return Tensor._from_op(out, (a, b), vjp, (condition,))
 
 
 # --- elementwise functions ----------------------------------------------------------------
@@ -449,28 +476,29 @@ def exp(x: Any) -> Tensor:
     """``e**x``."""
     x = _tensor(x)
     out = _ns(x.data).exp(x.data)
-    return Tensor._from_op(out, (x,), lambda g: (g * out,))
+    return Tensor._from_op(out, (x,), lambda g: (g * out,), (None,))
 
 
 def log(x: Any) -> Tensor:
     """Natural logarithm."""
     x = _tensor(x)
     out = _ns(x.data).log(x.data)
-    return Tensor._from_op(out, (x,), lambda g: (g / x.data,))
+    data = x.data
+    return Tensor._from_op(out, (x,), lambda g: (g / data,))
 
 
 def sqrt(x: Any) -> Tensor:
     """Square root."""
     x = _tensor(x)
     out = _ns(x.data).sqrt(x.data)
-    return Tensor._from_op(out, (x,), lambda g: (g / (2.0 * out),))
+    return Tensor._from_op(out, (x,), lambda g: (g / (2.0 * out),), (None,))
 
 
 def tanh(x: Any) -> Tensor:
     """Hyperbolic tangent."""
     x = _tensor(x)
     out = _ns(x.data).tanh(x.data)
-    return Tensor._from_op(out, (x,), lambda g: (g * (1.0 - out * out),))
+    return Tensor._from_op(out, (x,), lambda g: (g * (1.0 - out * out),), (None,))
 
 
 def _sigmoid(xp: Any, x: Any) -> Any:
@@ -483,7 +511,7 @@ def sigmoid(x: Any) -> Tensor:
     """Logistic function ``1 / (1 + exp(-x))``, computed without overflow."""
     x = _tensor(x)
     out = _sigmoid(_ns(x.data), x.data)
-    return Tensor._from_op(out, (x,), lambda g: (g * out * (1.0 - out),))
+    return Tensor._from_op(out, (x,), lambda g: (g * out * (1.0 - out),), (None,))
 
 
 def relu(x: Any) -> Tensor:
@@ -492,7 +520,7 @@ def relu(x: Any) -> Tensor:
     xp = _ns(x.data)
     positive = x.data > 0
     out = xp.where(positive, x.data, xp.zeros_like(x.data))
-    return Tensor._from_op(out, (x,), lambda g: (xp.where(positive, g, xp.zeros_like(g)),))
+    return Tensor._from_op(out, (x,), lambda g: (xp.where(positive, g, xp.zeros_like(g)),), ())
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
@@ -505,7 +533,7 @@ def softmax(x: Any, axis: int = -1) -> Tensor:
     def vjp(g: Any) -> tuple[Any]:
         return (out * (g - xp.sum(g * out, axis=axis, keepdims=True)),)
 
-    return Tensor._from_op(out, (x,), vjp)
+    return Tensor._from_op(out, (x,), vjp, (None,))
 
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
@@ -518,7 +546,7 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
     def vjp(g: Any) -> tuple[Any]:
         return (g - xp.exp(out) * xp.sum(g, axis=axis, keepdims=True),)
 
-    return Tensor._from_op(out, (x,), vjp)
+    return Tensor._from_op(out, (x,), vjp, (None,))
 
 
 # --- losses -------------------------------------------------------------------------------

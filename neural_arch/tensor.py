@@ -15,6 +15,14 @@ leaf's ``.grad`` is clamped to ``[-clip, clip]`` with ``clip = 1e6`` by
 default.  NaN stays NaN.  ``set_grad_clip(None)`` turns the clamp off,
 ``set_grad_clip(v)`` changes the bound; explicit norm/value clipping for real
 training is :func:`neural_arch.clip_grad_norm_` / ``clip_grad_value_``.
+
+In-place changes: every Tensor has a version counter ``_version`` that every
+change of its values in place increments (rebinding ``.data``, an optimizer's
+step).  Each recorded operation remembers the versions of the tensors its
+closure reads; :meth:`Tensor.backward` compares them before it runs any closure
+and raises RuntimeError naming the tensor when one changed, as PyTorch does
+(a gradient computed from the new values would be silently wrong).  Writes
+straight into the array (``t.data[...] = 0``) cannot be seen.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 import array_api_compat
@@ -190,10 +199,23 @@ class Tensor:
     Attributes
     ----------
     data
-        The array.  May be rebound (optimizers do so for immutable backends like JAX).
+        The array.  May be rebound (optimizers do so for immutable backends like JAX);
+        rebinding it counts as an in-place change (see below).
     grad
         None, or an array of the same shape, library and device as ``data``, owned
         by this tensor alone; :meth:`backward` accumulates into it.
+
+    In-place changes and :meth:`backward`: the tensor's version counter ``_version``
+    (an int, 0 at creation) goes up by one whenever its values change in place:
+    ``.data`` is rebound, or an optimizer's ``step()`` updates it.  An operation
+    records the versions of the tensors its gradient reads (``x * w`` reads both,
+    ``x + w`` neither); ``backward()`` raises RuntimeError, naming the tensor, if any
+    changed since, for example after ``opt.step()`` between the forward pass and
+    ``backward()`` (``t.data += 1`` rebinds ``data``, so it counts too).  Writes
+    straight into the array (``t.data[...] = 0``, ``np.copyto(t.data, v)``) cannot be
+    seen and give gradients of the new values: after such a write, bump
+    ``t._version += 1`` yourself or recompute the forward pass.  A Tensor that shares
+    another's array (:meth:`detach`, ``Tensor(t)``) has its own counter.
 
     Operators ``+ - * / ** @`` and unary ``-`` work with Tensors, Python numbers and
     arrays of the same library on either side (an array-api-strict array on the
@@ -204,36 +226,59 @@ class Tensor:
     __array_ufunc__ = None
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
-        self.data = _to_array(data, dtype)
+        self._data = _to_array(data, dtype)
+        self._version = 0
         self.grad: Any = None
         self.requires_grad = False
         self._inputs: tuple[Any, ...] = ()
         self._vjp: Callable[[Any], Sequence[Any]] | None = None
+        self._saved: tuple[tuple[Tensor | None, int], ...] = ()
         self._freed = False
         if requires_grad:
             self.requires_grad_(True)
 
+    def _set_data(self, value: Any) -> None:
+        self._data = value
+        self._version += 1
+
+    # A property so that rebinding bumps the version; attrgetter keeps reads at C speed.
+    data = property(
+        attrgetter("_data"), _set_data, doc="The array (rebinding it bumps ``_version``)."
+    )
+
     @classmethod
     def _from_op(
-        cls, data: Any, inputs: tuple[Any, ...], vjp: Callable[[Any], Sequence[Any]]
+        cls,
+        data: Any,
+        inputs: tuple[Any, ...],
+        vjp: Callable[[Any], Sequence[Any]],
+        saved: tuple[Any, ...] | None = None,
     ) -> Tensor:
         """The result of an operation; records ``vjp`` when grad mode is on and an input needs it.
 
         ``vjp(g)`` returns one gradient per entry of ``inputs`` (None where not needed),
         each of the broadcast shape; the engine sums it back to the input's shape.
+        ``saved`` lists the Tensors whose values ``vjp`` reads (None in it stands for
+        the result itself; entries that are not Tensors are ignored); their versions
+        are recorded and checked by :meth:`backward`.  Default: every input.
         """
         out = Tensor.__new__(Tensor)
-        out.data = _array(data)
+        out._data = _array(data)
+        out._version = 0
         out.grad = None
         out._freed = False
         if _grad_enabled and any(isinstance(t, Tensor) and t.requires_grad for t in inputs):
             out.requires_grad = True
             out._inputs = inputs
             out._vjp = vjp
+            if saved is None:
+                saved = inputs
+            out._saved = _versions(saved) if saved else ()
         else:
             out.requires_grad = False
             out._inputs = ()
             out._vjp = None
+            out._saved = ()
         return out
 
     # --- properties ---------------------------------------------------------------------------
@@ -327,6 +372,10 @@ class Tensor:
         The graph is freed afterwards unless ``retain_graph=True``.  Each element of a
         leaf's resulting ``.grad`` is clamped to ``[-clip, clip]``
         (:func:`set_grad_clip`, default 1e6; NaN stays NaN).
+
+        Raises RuntimeError, before any ``.grad`` changes, when a tensor whose value
+        the gradient needs was changed in place after it was used (its version
+        counter moved; see the class docstring), e.g. by ``opt.step()``.
         """
         if not self.requires_grad:
             raise RuntimeError(
@@ -353,6 +402,7 @@ class Tensor:
                     f"grad must have the shape of the Tensor {self.shape}, got {tuple(grad.shape)}"
                 )
         order = _topological_order(self)
+        _check_versions(order)
         grads: dict[int, Any] = {id(self): grad}
         for node in reversed(order):
             g = grads.pop(id(node), None)
@@ -373,6 +423,7 @@ class Tensor:
                 if node._vjp is not None:
                     node._vjp = None
                     node._inputs = ()
+                    node._saved = ()
                     node._freed = True
 
     # --- operators (the gradient rules live in neural_arch.functional) -----------------------
@@ -518,6 +569,57 @@ def _topological_order(root: Tensor) -> list[Tensor]:
                     raise _freed_error()
                 stack.append((inp, False))
     return order
+
+
+def _versions(saved: tuple[Any, ...]) -> tuple[tuple[Tensor | None, int], ...]:
+    """``(tensor, its version)`` for each Tensor of ``saved``; ``(None, 0)`` for the result."""
+    records = []
+    for t in saved:
+        if isinstance(t, Tensor):
+            records.append((t, t._version))
+        elif t is None:  # the result itself, fresh: at version 0
+            records.append((None, 0))
+    return tuple(records)
+
+
+def _check_versions(order: list[Tensor]) -> None:
+    """RuntimeError if a tensor saved by a node of ``order`` changed in place since."""
+    for node in order:
+        for t, version in node._saved:
+            if (node if t is None else t)._version != version:
+                raise _modified_error(node, t, version)
+
+
+def _op_name(node: Tensor) -> str:
+    # The closures are defined inside the op: "mul.<locals>.<lambda>" -> "mul".
+    qualname = getattr(node._vjp, "__qualname__", "")
+    return qualname.split(".", 1)[0] or "an operation"
+
+
+def _describe(t: Tensor, node: Tensor) -> str:
+    desc = f"tensor of shape {t.shape}, dtype {backend.dtype_name(t.dtype)}"
+    name = getattr(t, "name", None)
+    if isinstance(name, str) and name:
+        desc += f", named {name!r}"
+    if t is node:
+        return f"{desc} (the output of {_op_name(node)}())"
+    if isinstance(t, Parameter):
+        return f"{desc} (a Parameter)"
+    if t._vjp is not None:
+        return f"{desc} (the output of {_op_name(t)}())"
+    return f"{desc} (a leaf Tensor)"
+
+
+def _modified_error(node: Tensor, t: Tensor | None, version: int) -> RuntimeError:
+    t = node if t is None else t
+    return RuntimeError(
+        "one of the variables needed for gradient computation has been modified by an "
+        f"inplace operation: {_describe(t, node)} is at version {t._version}; expected "
+        f"version {version} instead. {_op_name(node)}() saved it for the backward pass; "
+        "it changed between the forward pass and backward(), most likely through an "
+        "optimizer step (opt.step() before loss.backward()) or by rebinding its .data. "
+        "Call backward() before changing it, or run the forward pass again."
+    )
 
 
 def _freed_error() -> RuntimeError:
