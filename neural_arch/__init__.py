@@ -7,6 +7,7 @@ parameters themselves.  Around them: a Tensor with reverse-mode autograd,
 """
 
 from . import optim
+from .amp import GradScaler
 from .backend import (
     get_default_backend,
     get_default_dtype,
@@ -75,6 +76,7 @@ __all__ = [
     "AdamW",
     "Adamax",
     "Dropout",
+    "GradScaler",
     "Linear",
     "Lion",
     "Module",

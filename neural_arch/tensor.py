@@ -371,7 +371,9 @@ class Tensor:
         with respect to ``self``; it may be omitted for a one-element tensor (then 1).
         The graph is freed afterwards unless ``retain_graph=True``.  Each element of a
         leaf's resulting ``.grad`` is clamped to ``[-clip, clip]``
-        (:func:`set_grad_clip`, default 1e6; NaN stays NaN).
+        (:func:`set_grad_clip`, default 1e6; NaN stays NaN); for a loss scaled by
+        :meth:`neural_arch.GradScaler.scale` the bound is ``clip * scale``, so that
+        the unscaled gradient is clamped at ``clip``.
 
         Raises RuntimeError, before any ``.grad`` changes, when a tensor whose value
         the gradient needs was changed in place after it was used (its version
@@ -403,13 +405,14 @@ class Tensor:
                 )
         order = _topological_order(self)
         _check_versions(order)
+        scale = getattr(self, "_loss_scale", 1.0)  # set by GradScaler.scale()
         grads: dict[int, Any] = {id(self): grad}
         for node in reversed(order):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
             if node._vjp is None:
-                _accumulate_leaf(node, g)
+                _accumulate_leaf(node, g, scale)
                 continue
             for inp, gi in zip(node._inputs, node._vjp(g), strict=True):
                 if gi is None or not isinstance(inp, Tensor) or not inp.requires_grad:
@@ -630,8 +633,12 @@ def _freed_error() -> RuntimeError:
     )
 
 
-def _accumulate_leaf(leaf: Tensor, g: Any) -> None:
-    """``leaf.grad += g`` into a fresh array owned by the leaf, then the clamp."""
+def _accumulate_leaf(leaf: Tensor, g: Any, scale: float = 1.0) -> None:
+    """``leaf.grad += g`` into a fresh array owned by the leaf, then the clamp.
+
+    ``scale`` is the loss scale of a :class:`neural_arch.GradScaler`'s scaled
+    loss: the clamp's bound grows with it, so that it bounds the true gradient.
+    """
     xp = _ns(leaf.data)
     if g.dtype != leaf.data.dtype:
         g = xp.astype(g, leaf.data.dtype)
@@ -641,7 +648,7 @@ def _accumulate_leaf(leaf: Tensor, g: Any) -> None:
     else:
         new = leaf.grad + g
     if _grad_clip is not None:
-        new = backend.clamp(new, _grad_clip)
+        new = backend.clamp(new, _grad_clip * scale)
     leaf.grad = _array(new)
 
 
