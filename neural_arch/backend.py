@@ -20,6 +20,7 @@ questions that the Array API standard leaves to the libraries themselves:
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from types import ModuleType
 from typing import Any
@@ -272,6 +273,14 @@ def _device(xp: ModuleType, device: Any) -> Any:
     return device
 
 
+#: the largest finite value of the floating dtypes narrower than float64
+_LARGEST = {
+    "float16": 65504.0,
+    "bfloat16": 3.3895313892515355e38,
+    "float32": 3.4028234663852886e38,
+}
+
+
 def clamp(x: Any, bound: float) -> Any:
     """``x`` with every element clamped to ``[-bound, bound]`` (NaN stays NaN), ``x``'s dtype.
 
@@ -280,9 +289,14 @@ def clamp(x: Any, bound: float) -> Any:
     than ``np.clip`` on a transposed (F-ordered) array, the layout of a
     ``Linear`` weight's gradient, and on CuPy indexes with boolean masks
     (host synchronisations); the libraries' own ``clip`` is one kernel.
+    A bound beyond the dtype's largest finite value (1e6 on float16) leaves
+    ``x`` as it is: only ±inf lies beyond it, and the bound rounds to ±inf.
     """
+    if bound >= _LARGEST.get(dtype_name(x.dtype), math.inf):
+        return x
     if isinstance(x, np.ndarray):
-        return np.clip(x, -bound, bound)
+        out = np.clip(x, -bound, bound)
+        return out if out.dtype == x.dtype else out.astype(x.dtype)  # ml_dtypes' bfloat16
     if type(x).__module__.partition(".")[0] == "cupy":
         import cupy
 

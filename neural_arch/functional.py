@@ -40,6 +40,7 @@ from .tensor import Tensor, _ns
 
 __all__ = [
     "add",
+    "astype",
     "binary_cross_entropy_with_logits",
     "compare",
     "concat",
@@ -334,6 +335,19 @@ def reshape(x: Any, shape: Sequence[int]) -> Tensor:
     out = xp.reshape(x.data, shape)
     old = x.shape
     return Tensor._from_op(out, (x,), lambda g: (xp.reshape(g, old),), ())
+
+
+def astype(x: Any, dtype: Any) -> Tensor:
+    """``x`` cast to floating ``dtype`` (a name or a dtype of ``x``'s library); the gradient
+    is cast back to ``x``'s dtype (e.g. a float16 model's logits to float32 for the loss)."""
+    x = _tensor(x)
+    xp = _ns(x.data)
+    target = backend.resolve_dtype(xp, dtype)
+    if not (xp.isdtype(target, "real floating") or "bfloat16" in str(target)):
+        raise TypeError(f"astype needs a real floating dtype, got {dtype!r}")
+    old = x.data.dtype
+    out = xp.astype(x.data, target)
+    return Tensor._from_op(out, (x,), lambda g: (xp.astype(g, old),), ())
 
 
 def transpose(x: Any, axes: Sequence[int] | None = None) -> Tensor:

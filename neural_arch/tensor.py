@@ -507,6 +507,10 @@ class Tensor:
             shape = tuple(shape[0])
         return F.reshape(self, shape)
 
+    def astype(self, dtype: Any) -> Tensor:
+        """This tensor cast to floating ``dtype``; differentiable (see ``functional.astype``)."""
+        return F.astype(self, dtype)
+
     def transpose(self, *axes: Any) -> Tensor:
         """Permute the axes (reversed when none are given), like NumPy's ``transpose``."""
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):

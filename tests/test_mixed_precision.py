@@ -274,3 +274,15 @@ def test_numpy_kernels_on_16_bit_floats_split_over_threads(kernels, monkeypatch,
     finally:
         _fastpath.set_num_threads(old)
     _same16(two, one)
+
+
+def test_astype_is_differentiable_and_casts_the_gradient_back(xp):
+    dtype = xp.float16 if hasattr(xp, "float16") else xp.float32
+    x = na.Tensor(xp.asarray([1.0, 2.0, 3.0], dtype=dtype), requires_grad=True)
+    y = x.astype("float64")
+    assert y.dtype == xp.float64
+    (y * y).sum().backward()
+    assert x.grad.dtype == dtype
+    np.testing.assert_array_equal(_f32(x.grad), [2.0, 4.0, 6.0])
+    with pytest.raises(TypeError, match="real floating dtype"):
+        x.astype("int32")
