@@ -13,7 +13,7 @@ bytes that parameters, gradients and optimizer state take, and the time:
   float32 copy of each parameter that the updates accumulate into.
 * ``bfloat16 + master``: bfloat16 has float32's range, so no scaler.
 
-    python examples/mixed_precision.py              # 3 seeds, 15 epochs (a few minutes: NumPy has no float16 BLAS)
+    python examples/mixed_precision.py  # 3 seeds, 15 epochs: minutes (NumPy lacks float16 BLAS)
     python examples/mixed_precision.py --epochs 5 --seeds 1
 """
 
