@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import array_api_compat
+import numpy as np
 
 from .. import backend
 from ..tensor import Parameter, Tensor
@@ -205,10 +206,10 @@ class Module:
 
     def train(self, mode: bool = True) -> Module:
         """Set training mode (``mode=True``) or evaluation mode on every module; return self."""
-        if not isinstance(mode, bool):
+        if not isinstance(mode, (bool, np.bool_)):
             raise TypeError(f"mode must be a bool, got {mode!r}")
         for module in self.modules():
-            object.__setattr__(module, "training", mode)
+            object.__setattr__(module, "training", bool(mode))
         return self
 
     def eval(self) -> Module:
@@ -279,25 +280,37 @@ class Module:
     ) -> IncompatibleKeys:
         """Copy the values in ``state_dict`` into the parameters of the same names.
 
-        Each array (of any backend, or a Tensor) is moved to its parameter's
-        backend, device and dtype with :func:`~neural_arch.backend.to_backend`
-        and copied: the model never aliases the input.  Mutable arrays (NumPy,
-        CuPy, PyTorch, array-api-strict) are overwritten in place, so the
-        parameters' arrays keep their identity; immutable ones (JAX) are rebound.
+        Each value must be an array (of any backend) or a Tensor whose shape is
+        the parameter's and whose dtype is of the parameter's kind (floating
+        for a floating parameter, integer for an integer one, bool, complex);
+        it is moved to the parameter's backend, device and dtype (a float64
+        value into a float32 parameter is rounded, as PyTorch's ``copy_``
+        does) and copied: the model never aliases the input.  Values are taken
+        as they are, NaN included.  Mutable arrays (NumPy, CuPy, PyTorch,
+        array-api-strict) are overwritten in place, so the parameters' arrays
+        keep their identity; immutable ones (JAX) and read-only ones are rebound.
+
+        All or nothing: every name, kind, shape and dtype is checked and every
+        value converted before the first parameter is written, so on any
+        error no parameter is modified.
 
         Raises:
             StateDictKeyError: (a KeyError and ValueError) with ``strict=True``,
                 when names of the model are missing from ``state_dict`` or
                 ``state_dict`` has names the model lacks.
-            ValueError: when a shape differs, naming the parameter and both shapes.
+            TypeError: when ``state_dict`` is not a mapping, ``strict`` not a
+                bool, or a value no array or of another dtype kind, naming the key.
+            ValueError: when a shape differs, naming the key and both shapes, or
+                a value cannot be moved to its parameter's backend and device.
 
-        On error no parameter is modified.  Returns the missing and unexpected
-        names (both empty under ``strict=True``).
+        Returns the missing and unexpected names (both empty under ``strict=True``).
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(
                 f"state_dict must be a mapping of name to array, got {type(state_dict).__name__}"
             )
+        if not isinstance(strict, (bool, np.bool_)):
+            raise TypeError(f"strict must be a bool, got {strict!r}")
         own = OrderedDict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -310,28 +323,20 @@ class Module:
             raise StateDictKeyError(
                 f"error loading state_dict into {type(self).__name__}: " + "; ".join(problems)
             )
-        updates = []
-        for name, p in own.items():
-            if name not in state_dict:
-                continue
-            value = state_dict[name]
-            if isinstance(value, Tensor):
-                value = value.data
-            xp = backend.namespace(p.data)
-            new = backend.to_backend(
-                value, xp, device=backend.device(p.data), dtype=p.data.dtype, copy=True
-            )
-            if tuple(new.shape) != tuple(p.data.shape):
-                raise ValueError(
-                    f"shape mismatch for {name!r}: the state_dict has {tuple(new.shape)}, "
-                    f"the model has {tuple(p.data.shape)}"
-                )
-            updates.append((p, new))
+        updates = [
+            (p, _loaded_value(name, state_dict[name], p.data))
+            for name, p in own.items()
+            if name in state_dict
+        ]
         for p, new in updates:
-            if array_api_compat.is_writeable_array(p.data):
-                p.data[...] = new
-            else:
-                p.data = new
+            if _writable_in_place(p.data):
+                try:
+                    p.data[...] = new
+                    p._version += 1  # as rebinding does: a pending backward() must see it
+                    continue
+                except (RuntimeError, TypeError, ValueError):
+                    pass  # a view the library will not write (a broadcast tensor): rebind it
+            p.data = new
         return IncompatibleKeys(missing, unexpected)
 
     def save(self, path: Any) -> None:
@@ -370,3 +375,62 @@ def _move(x: Any, target: str | ModuleType | None, device: Any, dtype: Any) -> A
     xp = current if target is None else backend.resolve_backend(target)
     copy = None if xp is current else True
     return backend.to_backend(x, xp, device=device, dtype=dtype, copy=copy)
+
+
+_KINDS = {
+    "bool": "bool",
+    **dict.fromkeys(("int8", "int16", "int32", "int64"), "integer"),
+    **dict.fromkeys(("uint8", "uint16", "uint32", "uint64"), "integer"),
+    **dict.fromkeys(("float16", "bfloat16", "float32", "float64"), "floating"),
+    **dict.fromkeys(("complex64", "complex128"), "complex"),
+}
+
+
+def _loaded_value(name: str, value: Any, target: Any) -> Any:
+    """``value`` checked against parameter array ``target`` and converted to its
+    backend, device and dtype (a new array); errors name the key."""
+    if isinstance(value, Tensor):
+        value = value.data
+    if array_api_compat.is_torch_array(value):
+        value = value.detach()  # else the copy below would join value's autograd graph
+    if not array_api_compat.is_array_api_obj(value):
+        raise TypeError(
+            f"state_dict[{name!r}] must be an array or a Tensor, got {type(value).__name__}"
+        )
+    kind = _KINDS.get(backend.dtype_name(value.dtype))
+    expected = _KINDS.get(backend.dtype_name(target.dtype))
+    if kind is None or kind != expected:
+        raise TypeError(
+            f"state_dict[{name!r}] has dtype {backend.dtype_name(value.dtype)}, but the "
+            f"parameter is {backend.dtype_name(target.dtype)}: a {expected} array expected"
+        )
+    if tuple(value.shape) != tuple(target.shape):
+        raise ValueError(
+            f"shape mismatch for {name!r}: the state_dict has {tuple(value.shape)}, "
+            f"the model has {tuple(target.shape)}"
+        )
+    xp = backend.namespace(target)
+    try:
+        new = backend.to_backend(
+            value, xp, device=backend.device(target), dtype=target.dtype, copy=True
+        )
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"cannot load state_dict[{name!r}] into its parameter "
+            f"({backend.backend_name(xp)}, {backend.dtype_name(target.dtype)}): {exc}"
+        ) from exc
+    if tuple(new.shape) != tuple(target.shape) or new.dtype != target.dtype:
+        raise ValueError(  # pragma: no cover - a library that converts unlike the standard
+            f"cannot load state_dict[{name!r}]: it converted to {new.dtype}{tuple(new.shape)}"
+        )
+    return new
+
+
+def _writable_in_place(x: Any) -> bool:
+    """Whether ``x[...] = y`` will succeed: no JAX, no read-only NumPy array, no PyTorch
+    tensor that autograd or inference mode guards."""
+    if not array_api_compat.is_writeable_array(x):
+        return False
+    if array_api_compat.is_torch_array(x):
+        return not (x.requires_grad or x.is_inference())
+    return True
