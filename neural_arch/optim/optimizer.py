@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import array_api_compat
 
 from ..backend import backend_name, device, float_errors_ignored, namespace, to_backend
-from . import _engine, _fastpath, _hyper, _validate
+from . import _engine, _fastpath, _hooks, _hyper, _validate
 from ._hyper import Real
 from ._precision import is_low, state_dtype, state_zeros
 from .rule import trace
@@ -217,6 +217,27 @@ def _no_gc() -> Iterator[None]:
         gc.enable()
 
 
+def _by_name(i: int, saved: Mapping, group: dict) -> list[int]:
+    """For each saved parameter of group ``i``, the position of its parameter in ``group``:
+    by name when both carry ``param_names`` (a reordered model resumes), else by position."""
+    ours, theirs = group.get("param_names"), saved.get("param_names")
+    n = len(group["params"])
+    if ours is None or theirs is None:
+        return list(range(n))
+    if not isinstance(theirs, (list, tuple)) or len(theirs) != n:
+        raise ValueError(f"loaded param_groups[{i}]['param_names'] must list {n} names")
+    position = {name: k for k, name in enumerate(ours)}
+    missing = [name for name in theirs if name not in position]
+    if missing or len(set(map(str, theirs))) != n:
+        unexpected = sorted(set(map(str, ours)) - set(map(str, theirs)))
+        raise ValueError(
+            f"loaded param_groups[{i}] names parameters {missing[:5]} that this optimizer's "
+            f"group does not have (it has {unexpected[:5]} instead): remove 'param_names' "
+            "from the loaded groups to load by position"
+        )
+    return [position[name] for name in theirs]
+
+
 def _count(value: Any, where: str) -> int:
     """An integer >= 0 (``step``, ``step_count``): Python, NumPy or a 0-d array of an
     integral value, as torch keeps ``step`` as a float tensor; not a bool."""
@@ -314,6 +335,7 @@ class Optimizer:
         self.skipped_steps = 0
         self._names: dict[int, Any] = {}
         self._caches = _Caches()  # id(group) -> the fast path's tables for it
+        self._hooks: dict[str, dict[int, Callable]] = {kind: {} for kind in _hooks.KINDS}
 
         if isinstance(params, Mapping):
             is_group = "params" in params and not all(_is_param(v) for v in params.values())
@@ -324,6 +346,49 @@ class Optimizer:
             groups = items if is_list_of_groups else [{"params": items}]
         for group in groups:
             self.add_param_group(group)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("step", "state_dict", "load_state_dict"):  # a subclass's own runs hooks too
+            if name in cls.__dict__:
+                setattr(cls, name, _hooks.hooked(name, cls.__dict__[name]))
+
+    # --------------------------------------------------------------- hooks
+
+    def register_step_pre_hook(self, hook: Callable) -> _hooks.RemovableHandle:
+        """``hook(optimizer, args, kwargs)`` before each :meth:`step`, ``args`` starting with
+        the optimizer (torch's); it may return ``(new_args, new_kwargs)``.  Returns a handle
+        whose ``remove()`` removes it."""
+        return _hooks.add_hook(self._hooks["step_pre"], hook, False)
+
+    def register_step_post_hook(self, hook: Callable) -> _hooks.RemovableHandle:
+        """``hook(optimizer, args, kwargs)`` after each :meth:`step` (not one that raised)."""
+        return _hooks.add_hook(self._hooks["step_post"], hook, False)
+
+    def register_state_dict_pre_hook(
+        self, hook: Callable, prepend: bool = False
+    ) -> _hooks.RemovableHandle:
+        """``hook(optimizer)`` before :meth:`state_dict` builds the dict."""
+        return _hooks.add_hook(self._hooks["state_dict_pre"], hook, prepend)
+
+    def register_state_dict_post_hook(
+        self, hook: Callable, prepend: bool = False
+    ) -> _hooks.RemovableHandle:
+        """``hook(optimizer, state_dict)`` after :meth:`state_dict`; it may return a new dict."""
+        return _hooks.add_hook(self._hooks["state_dict_post"], hook, prepend)
+
+    def register_load_state_dict_pre_hook(
+        self, hook: Callable, prepend: bool = False
+    ) -> _hooks.RemovableHandle:
+        """``hook(optimizer, state_dict)`` before :meth:`load_state_dict`; it may return the
+        dict to load instead."""
+        return _hooks.add_hook(self._hooks["load_state_dict_pre"], hook, prepend)
+
+    def register_load_state_dict_post_hook(
+        self, hook: Callable, prepend: bool = False
+    ) -> _hooks.RemovableHandle:
+        """``hook(optimizer)`` after :meth:`load_state_dict` succeeded."""
+        return _hooks.add_hook(self._hooks["load_state_dict_post"], hook, prepend)
 
     # -------------------------------------------------------------- groups
 
@@ -757,13 +822,14 @@ class Optimizer:
         for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
             merged = self._loaded_group(i, saved, group)
             new_groups.append(merged)
+            order = _by_name(i, saved, group)
             for j, raw in enumerate(saved["params"]):
                 index = _index(raw, f"loaded param_groups[{i}]['params']")
                 if index in by_index:
                     raise ValueError(
                         f"loaded param_groups list parameter index {index} more than once"
                     )
-                by_index[index] = (group["params"][j], merged)
+                by_index[index] = (group["params"][order[j]], merged)
 
         new_state = []
         for key, record in saved_state.items():
@@ -916,3 +982,7 @@ class Optimizer:
                     lines.append(f"    {key}: {group[key]}")
         lines.append(")")
         return "\n".join(lines)
+
+
+for _name in ("step", "state_dict", "load_state_dict"):
+    setattr(Optimizer, _name, _hooks.hooked(_name, getattr(Optimizer, _name)))
