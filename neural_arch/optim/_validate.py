@@ -21,6 +21,7 @@ kind as last step) is recognised without a Python loop over the parameters.
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -51,6 +52,25 @@ def _is_real_float(xp: Any, dtype: Any) -> bool:
             ok = False
         _real_float[key] = ok
     return ok
+
+
+def writable(x: Any) -> bool:
+    """Whether array ``x``'s elements may be assigned.
+
+    NumPy and CuPy say so in ``flags``; for other libraries (whose array may
+    wrap a read-only buffer without saying so) an assignment of no elements
+    is tried: it fails exactly when a real one would.
+    """
+    if hasattr(x, "flags"):
+        return _writable(x)
+    try:
+        if x.ndim:
+            x[0:0, ...] = x[0:0, ...]
+        else:
+            x[...] = x
+    except Exception:  # the library's own error for a read-only or otherwise unwritable array
+        return False
+    return True
 
 
 def where(opt: Any, gi: int, i: int, p: Any) -> str:
@@ -176,11 +196,22 @@ def _check_pair(
             f"{where(opt, gi, i, p)} has dtype {x.dtype}; optimizers update parameters of a "
             "real floating dtype (float32, float64, ...)"
         )
-    if not _writable(x) and not is_immutable(x):
+    if not is_immutable(x) and not writable(x):
         raise ValueError(
             f"{where(opt, gi, i, p)} is a read-only array; the optimizer updates parameters "
             "in place (make it writeable, or give the optimizer a copy)"
         )
+    g = check_gradient(opt, gi, i, p, x, g)
+    if entry is not None:
+        _check_record(opt, gi, i, p, x, xp, entry[1], staged)
+    return g
+
+
+def check_gradient(opt: Any, gi: int, i: int, p: Any, x: Any, g: Any) -> Any:
+    """Gradient ``g`` of parameter ``p`` (array ``x``) checked: an array of ``x``'s library,
+    device and shape, of a real floating dtype; returned rounded to the dtype the step
+    computes in when it has another (``x``'s; float32 for float16/bfloat16)."""
+    xp = namespace(x)
     if type(g) is not type(x) and (
         not array_api_compat.is_array_api_obj(g) or namespace(g) is not xp
     ):
@@ -214,8 +245,6 @@ def _check_pair(
         compute = state_dtype(xp, x.dtype)
         if g.dtype != compute:
             g = xp.astype(g, compute)
-    if entry is not None:
-        _check_record(opt, gi, i, p, x, xp, entry[1], staged)
     return g
 
 
@@ -225,7 +254,21 @@ def _check_record(
     """The state arrays of ``p`` still fit it: same library, device and shape; a state of
     another float dtype (``.data`` rebound to another dtype) is staged to be cast."""
     for key, value in record.items():
-        if value is None or key == "step" or key in opt._scalar_state:
+        if key == "step":
+            if type(value) is not int or value < 0:
+                raise ValueError(
+                    f"state 'step' of {where(opt, gi, i, p)} is {value!r:.60}; expected an "
+                    "integer >= 0"
+                )
+            continue
+        if key in opt._scalar_state:
+            if type(value) is not float or not math.isfinite(value):
+                raise ValueError(
+                    f"state {key!r} of {where(opt, gi, i, p)} is {value!r:.60}; expected a "
+                    "finite float"
+                )
+            continue
+        if value is None or key == "step":
             continue
         if not array_api_compat.is_array_api_obj(value) or namespace(value) is not xp:
             raise TypeError(
@@ -252,5 +295,5 @@ def _check_record(
                 )
             # state follows the parameter (float32 for float16/bfloat16)
             staged.append((record, key, xp.astype(value, state_dtype(xp, x.dtype))))
-        elif not _writable(value) and not is_immutable(value):
+        elif not is_immutable(value) and not writable(value):
             staged.append((record, key, xp.asarray(value, copy=True)))

@@ -34,8 +34,8 @@ class _Eps:
             raise ValueError(f"{name} must be a pair (eps1, eps2), got {value!r}")
         eps1, eps2 = value
         if eps1 is not None:
-            Real().check(f"eps1 ({name}[0])", eps1)
-        Real().check(f"eps2 ({name}[1])", eps2)
+            eps1 = Real().check(f"eps1 ({name}[0])", eps1)
+        eps2 = Real().check(f"eps2 ({name}[1])", eps2)
         return (eps1, eps2)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..backend import namespace
+from ._hyper import as_python
 from ._precision import state_zeros
 from .optimizer import Optimizer
 from .rule import Flag, Real
@@ -65,7 +66,7 @@ class _Finite:
             and not isinstance(value, bool)
             and math.isfinite(value)
         ):
-            return value
+            return as_python(value)
         raise ValueError(f"Invalid {name}: {value!r} (expected a finite number)")
 
 

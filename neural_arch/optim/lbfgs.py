@@ -465,16 +465,13 @@ class LBFGS(Optimizer):
         """The gradients, flattened and concatenated (a new array; None counts as zeros)."""
         xp, dev, dtype, sizes = layout
         views = []
-        for p, n in zip(self._params(), sizes, strict=True):
+        for i, (p, n) in enumerate(zip(self._params(), sizes, strict=True)):
             g = p.grad
             if g is None:
                 views.append(xp.zeros((n,), dtype=dtype, device=dev))
                 continue
-            if tuple(g.shape) != tuple(p.data.shape):
-                raise ValueError(
-                    f"gradient of parameter {self._names[id(p)]!r} has shape "
-                    f"{tuple(g.shape)}, but the parameter has shape {tuple(p.data.shape)}"
-                )
+            # library, device, shape and a real floating dtype, as every optimizer's step checks
+            g = _validate.check_gradient(self, 0, i, p, p.data, g)
             view = xp.reshape(g, (n,))
             views.append(view if view.dtype == dtype else xp.astype(view, dtype))
         return xp.concat(views)

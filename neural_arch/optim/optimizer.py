@@ -17,6 +17,7 @@ or a small class of your own.  The optimizer knows nothing of ``nn``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import inspect
 import itertools
@@ -39,6 +40,71 @@ __all__ = ["Optimizer"]
 _NONFINITE_MODES = ("raise", "skip", "ignore")
 
 
+class _Record(dict):
+    """A parameter's state record: a dict that tells its optimizer when it is changed.
+
+    The step checks a record when it first sees it and again only after a
+    change (``state._version``), so that the steady state of training costs
+    no check per parameter; writes from outside (``opt.state[p]["exp_avg"]
+    = ...``) go through these methods, the optimizer's own through
+    ``dict``'s.  A copy or a pickle is a record of no optimizer until its
+    :class:`_ParamState` adopts it.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._owner: _ParamState | None = None
+
+    def _touch(self) -> None:
+        owner = self._owner
+        if owner is not None:
+            owner._version += 1
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        dict.__setitem__(self, key, value)
+        self._touch()
+
+    def __delitem__(self, key: Any) -> None:
+        dict.__delitem__(self, key)
+        self._touch()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        dict.update(self, *args, **kwargs)
+        self._touch()
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            self._touch()
+        return dict.setdefault(self, key, default)
+
+    def pop(self, *args: Any) -> Any:
+        self._touch()
+        return dict.pop(self, *args)
+
+    def popitem(self) -> tuple:
+        self._touch()
+        return dict.popitem(self)
+
+    def clear(self) -> None:
+        dict.clear(self)
+        self._touch()
+
+    def __ior__(self, other: Any) -> _Record:
+        self.update(other)
+        return self
+
+    def __reduce__(self) -> tuple:
+        return (_Record, (dict(self),))
+
+    def __copy__(self) -> _Record:
+        return _Record(self)
+
+    def __deepcopy__(self, memo: dict) -> _Record:
+        return _Record(copy.deepcopy(dict(self), memo))
+
+
 class _ParamState(Mapping):
     """``optimizer.state``: parameter → its state record, keyed by identity.
 
@@ -46,17 +112,27 @@ class _ParamState(Mapping):
     so records are stored under ``id(param)`` together with the parameter.
     Like PyTorch's ``defaultdict(dict)``, reading the state of a parameter
     that has none yet gives (and stores) an empty record; ``get`` and ``in``
-    do not store anything.
+    do not store anything.  A record assigned with ``state[p] = d`` is
+    stored as a record of its own holding ``d``'s entries (later changes to
+    ``d`` itself are not seen: change ``state[p]``).
     """
 
     def __init__(self) -> None:
-        self._records: dict[int, tuple[Any, dict[str, Any]]] = {}
-        self._version = 0  # changes whenever a record is added, replaced or removed
+        self._records: dict[int, tuple[Any, _Record]] = {}
+        self._version = 0  # changes whenever a record is added, replaced, removed or changed
+
+    def _adopt(self, record: Any) -> _Record:
+        if type(record) is not _Record or (
+            record._owner is not None and record._owner is not self
+        ):
+            record = _Record(record)
+        record._owner = self
+        return record
 
     def __getitem__(self, param: Any) -> dict[str, Any]:
         entry = self._records.get(id(param))
         if entry is None:
-            entry = self._records[id(param)] = (param, {})
+            entry = self._records[id(param)] = (param, self._adopt({}))
             self._version += 1
         return entry[1]
 
@@ -65,7 +141,9 @@ class _ParamState(Mapping):
         return default if entry is None else entry[1]
 
     def __setitem__(self, param: Any, record: dict[str, Any]) -> None:
-        self._records[id(param)] = (param, record)
+        if not isinstance(record, Mapping):
+            raise TypeError(f"a state record is a dict, got {type(record).__name__}")
+        self._records[id(param)] = (param, self._adopt(record))
         self._version += 1
 
     def __contains__(self, param: object) -> bool:
@@ -80,6 +158,11 @@ class _ParamState(Mapping):
     def clear(self) -> None:
         self._records.clear()
         self._version += 1
+
+    def __setstate__(self, state: dict) -> None:  # a copy or an unpickled one adopts its records
+        self.__dict__.update(state)
+        for _, record in self._records.values():
+            record._owner = self
 
     def __repr__(self) -> str:
         return f"<optimizer state of {len(self)} parameters>"
@@ -531,7 +614,20 @@ class Optimizer:
         state cast to a parameter's new dtype).
         """
         work, staged = [], []
+        for name in ("step_count", "skipped_steps"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise TypeError(f"optimizer.{name} is {value!r:.60}; expected an integer >= 0")
+        if not isinstance(self.param_groups, list):
+            raise TypeError(
+                f"optimizer.param_groups is a {type(self.param_groups).__name__}, not a list"
+            )
         for gi, group in enumerate(self.param_groups):
+            if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+                raise TypeError(
+                    f"param_groups[{gi}] is {group!r:.60}; a parameter group is a dict whose "
+                    "'params' is a list (add groups with add_param_group)"
+                )
             cache = self._caches.setdefault(id(group), {})
             pairs = _validate.check_group(self, gi, group, cache, staged)
             if pairs:
@@ -558,7 +654,9 @@ class Optimizer:
             for p, _ in pairs:
                 version = getattr(p, "_version", None)
                 if type(version) is int:
-                    p._version = version + 1
+                    # torch's own counter (a torch.nn.Parameter) is read-only: torch keeps it
+                    with contextlib.suppress(AttributeError):
+                        p._version = version + 1
 
     def _first_nonfinite(self, work: list[tuple[dict, list]]) -> Any:
         """Name of the first parameter with a non-finite gradient, or None."""
@@ -654,12 +752,12 @@ class Optimizer:
                 arrays["param"], arrays["grad"] = x, g
                 out = _engine.run_generic(program, xp, arrays, scalars)
                 p.data = out.pop("param")
-                record.update(out)
+                dict.update(record, out)
             if step is not None:
                 new["step"] = step
             if new:
                 for _, _, record in items:
-                    record.update(new)
+                    dict.update(record, new)
 
     @staticmethod
     def _make_masters(items: list) -> None:
@@ -685,7 +783,7 @@ class Optimizer:
             x[...] = rounded
         else:
             p.data = rounded
-        record.update(out)
+        dict.update(record, out)
 
     def _buckets(self, group: dict, pairs: list, keys: tuple, cache: dict) -> dict:
         """``{(present state arrays, step): [(param, grad, record), ...]}`` for this step.
@@ -720,7 +818,7 @@ class Optimizer:
             if required:
                 entry = records_by_id.get(id(p))
                 if entry is None:
-                    record = self.state[p] = {}
+                    record = self.state[p]
                     self._init_state(p, group, record)
                 else:
                     record = entry[1]
