@@ -116,6 +116,20 @@ def reachable_kernels() -> tuple[dict[str, Kernel], dict[str, list[str]], int]:
     return kernels, by_optimizer, refused
 
 
+def float16_kernels() -> dict[str, Kernel]:
+    """{kernel name: Kernel} of the float16 kernels (float32 state and arithmetic), plain
+    and with master weights, for every reachable program."""
+    programs, _ = reachable_programs()
+    kernels: dict[str, Kernel] = {}
+    for traced in programs.values():
+        for origin, program in traced:
+            for master in (False, True):
+                kernel = _fastpath._cupy_kernel(program, "float16", master)
+                tag = f"{origin}, float16{' with master weights' if master else ''}"
+                kernels.setdefault(kernel.name, Kernel(kernel, tag))
+    return kernels
+
+
 # ------------------------------------------------------------ CuPy's steps
 
 
@@ -128,18 +142,21 @@ def kernel_code(kernel: Any, dtype: np.dtype, layout: Layout) -> str:
     type, the indexer), then ``_get_elementwise_kernel_code``.
     """
     scalar = [p.name.startswith("s_") for p in kernel.in_params]
-    in_dtypes = tuple(None if s else dtype for s in scalar)
-    out_dtypes = (dtype,) * kernel.nout
+    # an array's dtype: its parameter's type where declared (the float16 kernels), else T's
+    in_dtypes = tuple(
+        None if s else (p.dtype or dtype) for p, s in zip(kernel.in_params, scalar, strict=True)
+    )
+    out_dtypes = tuple(p.dtype or dtype for p in kernel.out_params)
     in_types, _, type_map = kernel._decide_params_type(in_dtypes, out_dtypes)
     infos = []
-    for p, s, t in zip(kernel.in_params, scalar, in_types, strict=True):
+    for p, s, t, d in zip(kernel.in_params, scalar, in_types, in_dtypes, strict=True):
         if s:
             t = np.dtype(t)  # a Python float, cast to its parameter's type
             infos.append(_kernel._ArgInfo(_ARG_SCALAR, _scalar.CScalar, t, 0, True, True))
         else:
             contiguous = layout.grad_contiguous or p.name != "a_grad"
-            infos.append(_array_info(dtype, layout, contiguous))
-    infos += [_array_info(dtype, layout, True) for _ in kernel.out_params]
+            infos.append(_array_info(np.dtype(d), layout, contiguous))
+    infos += [_array_info(np.dtype(d), layout, True) for d in out_dtypes]
     index = (layout.ndim, True, layout.index_32_bits)
     infos.append(_kernel._ArgInfo(_ARG_INDEXER, _carray.Indexer, None, *index))
     code = _kernel._get_elementwise_kernel_code(
@@ -151,7 +168,9 @@ def kernel_code(kernel: Any, dtype: np.dtype, layout: Layout) -> str:
         kernel.preamble,
         **kernel.kwargs,
     )
-    ctype = {"float32": "float", "float64": "double"}[dtype.name]
+    ctype = {"float16": "float16", "float32": "float", "float64": "double"}[
+        np.dtype(out_dtypes[0]).name
+    ]
     out = kernel.out_params[0].name
     array = f"CArray<{ctype}, {layout.ndim}, 1, {int(layout.index_32_bits)}> _raw_{out}"
     if array not in code:  # CuPy's generator changed: these steps need a new look
@@ -367,6 +386,16 @@ def main() -> int:
             f"{STRIDED.name}, {time.perf_counter() - t:.1f} s: {status}"
         )
         problems += found
+    t = time.perf_counter()
+    low = float16_kernels()  # declared types; the arithmetic is float32
+    found, _ = check_batch(list(low.values()), np.dtype(np.float32), CONTIGUOUS, "float16")
+    compiled += len(low)
+    status = "ok" if not found else f"{len(found)} problems"
+    print(
+        f"  float16 parameters (float32 state): {len(low)} kernels, "
+        f"{time.perf_counter() - t:.1f} s: {status}"
+    )
+    problems += found
     for problem in problems:
         print(f"\nPROBLEM: {problem}")
     elapsed = time.perf_counter() - start

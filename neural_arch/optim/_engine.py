@@ -493,18 +493,37 @@ def _c_expr(op: str, a: list[str]) -> str:
     }[op].format(*a)
 
 
-def cupy_source(program: Program) -> tuple[str, str, str, str]:
+def cupy_source(
+    program: Program, storage: str | None = None, master: bool = False
+) -> tuple[str, str, str, str]:
     """``(in_params, out_params, body, name)`` of an ElementwiseKernel for ``program``.
 
     Arrays the program writes are output parameters (read and written in
     place); the gradient and the other arrays it only reads, and every
     scalar, are typed ``T``, the parameter's dtype.
+
+    With ``storage="float16"`` the parameter and the gradient are float16,
+    the state and the scalars float32, and ``T`` is float32 in the body: the
+    arithmetic is float32 and the new parameter is rounded to float16 (to
+    nearest, ties to even) where it is stored.  With ``master`` the
+    parameter is its float32 master copy and one more output, ``a_low``, is
+    the float16 parameter.
     """
     written = [k for k, _ in program.outputs]
     read_only = [k for k in program.inputs if k not in written]
-    ins = [f"T a_{k}" for k in read_only] + [f"T s_{k}" for k in program.scalars]
-    outs = [f"T a_{k}" for k in program.arrays if k in written]
-    names, body = [], []
+    if storage is None:
+        types = dict.fromkeys(program.arrays, "T")
+        scalar_type = "T"
+    else:
+        narrow = {"grad"} if master else {"param", "grad"}
+        types = {k: storage if k in narrow else "float32" for k in program.arrays}
+        scalar_type = "float32"
+    ins = [f"{types[k]} a_{k}" for k in read_only]
+    ins += [f"{scalar_type} s_{k}" for k in program.scalars]
+    outs = [f"{types[k]} a_{k}" for k in program.arrays if k in written]
+    if master:
+        outs.append(f"{storage} a_low")
+    names, body = [], [] if storage is None else ["typedef float T;"]
     for i, (op, args) in enumerate(program.nodes):
         if op == "scalar":
             names.append(f"s_{args[0]}")
@@ -513,11 +532,17 @@ def cupy_source(program: Program) -> tuple[str, str, str, str]:
         if op == "input" and program.last_use[i] < 0:  # kept, never read (ASGD's ax): no copy
             continue
         ctype = "bool" if program.kinds[i] == "bool" else "T"
-        expr = f"a_{args[0]}" if op == "input" else _c_expr(op, [names[a] for a in args])
+        if op == "input":
+            expr = f"a_{args[0]}" if storage is None else f"static_cast<T>(a_{args[0]})"
+        else:
+            expr = _c_expr(op, [names[a] for a in args])
         body.append(f"{ctype} v{i} = {expr};")
     for key, node in program.outputs:
         if program.nodes[node] != ("input", (key,)):
-            body.append(f"a_{key} = v{node};")
+            value = f"v{node}" if types[key] in ("T", "float32") else f"{storage}(v{node})"
+            body.append(f"a_{key} = {value};")
+        if key == "param" and master:
+            body.append(f"a_low = {storage}(v{node});")
     source = "\n".join(body)
     name = f"neural_arch_{program.name.replace('.', '_')}_{_fingerprint(source)[:8]}"
     return ", ".join(ins), ", ".join(outs), source, name

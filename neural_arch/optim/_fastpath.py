@@ -16,6 +16,10 @@ pass:
   parameter on that parameter's device (a launch is asynchronous; the
   arrays stay where they are, with any strides).
 
+float16 parameters (and bfloat16 on NumPy) get kernels that read the
+16-bit parameter and gradient, compute in float32 with float32 state, and
+round the result where they store it (and update a master copy).
+
 :func:`run` returns the parameters it did not take (another library or
 dtype, a mixed-dtype gradient, a strided or read-only parameter or state
 array); the optimizer runs the generic engine on those.  Parameters are
@@ -59,6 +63,8 @@ try:
 except ImportError:  # pragma: no cover - ml_dtypes comes with JAX
     pass
 _CHECKED = (_F32, _F64, *_LOW)  # gradient dtypes the compiled finiteness check reads
+_F16 = np.dtype(np.float16)
+_CUPY = (_F32, _F64, _F16)  # parameter dtypes of the CuPy kernels (CuPy has no bfloat16)
 
 #: Below this many elements in a group, one thread does the update even when
 #: more are allowed: waking threads costs more than the work.
@@ -236,7 +242,9 @@ def run(
         if x0.dtype in _LOW and _numba():
             return _run_numba(program, items, scalars, cache, _F32, x0.dtype, master)
     # CuPy is named, not imported: it may be absent
-    elif t.__module__.partition(".")[0] == "cupy" and x0.dtype in (_F32, _F64) and _load("cupy"):
+    elif t.__module__.partition(".")[0] == "cupy" and x0.dtype in _CUPY and _load("cupy"):
+        if x0.dtype == _F16:
+            return _run_cupy(program, items, scalars, "float16", master)
         return _run_cupy(program, items, scalars)
     return list(range(len(items)))
 
@@ -459,21 +467,33 @@ def _split(rows: Any, sizes: Any, threads: int, itemsizes: Any) -> tuple[Any, An
 # --------------------------------------------------------------------- CuPy
 
 
-def _cupy_kernel(program: Program) -> Any:
-    key = (program, "cupy")
+def _cupy_kernel(program: Program, storage: str | None = None, master: bool = False) -> Any:
+    key = (program, "cupy") if storage is None else (program, "cupy", storage, master)
     kernel = _kernels.get(key)
     if kernel is None:
         cupy = _load("cupy")
-        ins, outs, body, name = _engine.cupy_source(program)
+        ins, outs, body, name = _engine.cupy_source(program, storage, master)
         kernel = cupy.ElementwiseKernel(ins, outs, body, name, options=("--fmad=false",))
         _kernels[key] = kernel
     return kernel
 
 
-def _run_cupy(program: Program, items: list, scalars: dict[str, float]) -> list[int]:
-    """One ElementwiseKernel launch per parameter (asynchronous; no host synchronisation)."""
+def _run_cupy(
+    program: Program,
+    items: list,
+    scalars: dict[str, float],
+    storage: str | None = None,
+    master: bool = False,
+) -> list[int]:
+    """One ElementwiseKernel launch per parameter (asynchronous; no host synchronisation).
+
+    With ``storage="float16"`` the kernel reads the float16 parameter and
+    gradient and computes in float32 with float32 state (``master``: on the
+    record's float32 ``"master_param"``, its rounding stored in the parameter).
+    """
     cupy = _load("cupy")
-    kernel = _cupy_kernel(program)
+    master = master and storage is not None
+    kernel = _cupy_kernel(program) if storage is None else _cupy_kernel(program, storage, master)
     if kernel is False:
         return list(range(len(items)))
     written = [k for k, _ in program.outputs]
@@ -483,18 +503,27 @@ def _run_cupy(program: Program, items: list, scalars: dict[str, float]) -> list[
     rest = []
     for i, (p, g, record) in enumerate(items):
         x = p.data
-        arrays = {"param": x, "grad": g}
+        wide = x.dtype if storage is None else _F32
+        arrays = {"param": record.get("master_param") if master else x, "grad": g}
         for k in program.arrays:
             if k not in arrays:
-                arrays[k] = cupy.empty_like(x) if k in created else record.get(k)
+                if k not in created:
+                    arrays[k] = record.get(k)
+                else:  # a state the rule makes: float32 for a float16 parameter
+                    arrays[k] = cupy.empty_like(x) if storage is None else cupy.empty_like(x, wide)
+        narrow = () if storage is None else ("grad",) if master else ("param", "grad")
         if not all(
-            type(a) is type(x) and a.dtype == x.dtype and a.shape == x.shape
-            for a in arrays.values()
+            type(a) is type(x)
+            and a.dtype == (x.dtype if k in narrow else wide)
+            and a.shape == x.shape
+            for k, a in arrays.items()
         ):
             rest.append(i)
             continue
         args = [arrays[k] for k in read_only] + [scalars[k] for k in program.scalars]
         args += [arrays[k] for k in out_names]
+        if master:
+            args.append(x)
         try:
             with x.device:  # launch on the array's own GPU
                 kernel(*args)
