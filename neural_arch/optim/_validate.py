@@ -212,6 +212,8 @@ def check_gradient(opt: Any, gi: int, i: int, p: Any, x: Any, g: Any) -> Any:
     device and shape, of a real floating dtype; returned rounded to the dtype the step
     computes in when it has another (``x``'s; float32 for float16/bfloat16)."""
     xp = namespace(x)
+    if isinstance(g, np.generic):  # what NumPy gives for 0-d arithmetic: as a 0-d array
+        g = np.asarray(g)
     if type(g) is not type(x) and (
         not array_api_compat.is_array_api_obj(g) or namespace(g) is not xp
     ):
