@@ -1,8 +1,11 @@
-"""Plot the learning rate of every scheduler over 100 steps into docs/_static/schedules.png.
+"""Plot every schedule over 100 steps, from lr 0.1, into docs/_static/schedules.png.
 
 Run from the repository root: ``python docs/plot_schedules.py`` (needs matplotlib,
-from the ``examples`` extra). Each curve is what ``scheduler.get_last_lr()[0]``
-reports after each ``optimizer.step(); scheduler.step()``, starting from lr 0.1.
+from the ``examples`` extra). A schedule that is a function of the step alone is
+plotted from ``neural_arch.optim.schedules`` (the same values as its scheduler's
+closed form); one that depends on more (a lambda, a metric, restarts, cycles,
+chaining) is plotted from what ``scheduler.get_last_lr()[0]`` reports after each
+``optimizer.step(); scheduler.step()``.
 """
 
 from __future__ import annotations
@@ -18,47 +21,59 @@ import numpy as np
 
 import neural_arch as na
 from neural_arch.optim import lr_scheduler as lrs
+from neural_arch.optim import schedules as S
 
 STEPS = 100
 OUT = Path(__file__).resolve().parent / "_static" / "schedules.png"
 
-# name -> function of an SGD optimizer (lr 0.1) returning the scheduler to plot
+# name -> a schedule: a function of the step (lr 0.1 at its start or peak), or
+# ("scheduler", make) with make(optimizer) the scheduler to step
 SCHEDULES = {
-    "LambdaLR(lambda t: 1 / (1 + t / 10))": lambda o: lrs.LambdaLR(o, lambda t: 1 / (1 + t / 10)),
-    "MultiplicativeLR(lambda t: 0.97)": lambda o: lrs.MultiplicativeLR(o, lambda t: 0.97),
-    "StepLR(step_size=30, gamma=0.1)": lambda o: lrs.StepLR(o, step_size=30, gamma=0.1),
-    "MultiStepLR([25, 60, 80], gamma=0.3)": lambda o: lrs.MultiStepLR(o, [25, 60, 80], 0.3),
-    "ConstantLR(factor=0.25, total_iters=20)": lambda o: lrs.ConstantLR(o, 0.25, 20),
-    "LinearLR(0.1, 1.0, total_iters=30)": lambda o: lrs.LinearLR(o, 0.1, 1.0, 30),
-    "ExponentialLR(gamma=0.96)": lambda o: lrs.ExponentialLR(o, gamma=0.96),
-    "PolynomialLR(total_iters=80, power=2)": lambda o: lrs.PolynomialLR(o, 80, power=2.0),
-    "CosineAnnealingLR(T_max=40, eta_min=0.01)": lambda o: lrs.CosineAnnealingLR(o, 40, 0.01),
-    "CosineAnnealingWarmRestarts(T_0=10, T_mult=2)": lambda o: lrs.CosineAnnealingWarmRestarts(
-        o, T_0=10, T_mult=2
+    "LambdaLR(lambda t: 1 / (1 + t / 10))": (
+        "scheduler",
+        lambda o: lrs.LambdaLR(o, lambda t: 1 / (1 + t / 10)),
     ),
-    "OneCycleLR(max_lr=0.1, total_steps=100)": lambda o: lrs.OneCycleLR(
-        o, max_lr=0.1, total_steps=STEPS
+    "MultiplicativeLR(lambda t: 0.97)": (
+        "scheduler",
+        lambda o: lrs.MultiplicativeLR(o, lambda t: 0.97),
     ),
-    "CyclicLR(0.01, 0.1, step_size_up=10, 'triangular2')": lambda o: lrs.CyclicLR(
-        o, 0.01, 0.1, step_size_up=10, mode="triangular2"
+    "step_decay(0.1, step_size=30, gamma=0.1)": S.step_decay(0.1, 30, 0.1),
+    "multistep(0.1, [25, 60, 80], gamma=0.3)": S.multistep(0.1, [25, 60, 80], 0.3),
+    "join([constant(0.025), constant(0.1)], [20])": S.join(
+        [S.constant(0.025), S.constant(0.1)], [20]
     ),
-    "SequentialLR(LinearLR warmup, CosineAnnealingLR)": lambda o: lrs.SequentialLR(
-        o,
-        [lrs.LinearLR(o, 0.01, 1.0, total_iters=10), lrs.CosineAnnealingLR(o, T_max=90)],
-        milestones=[10],
+    "linear(0.01, 0.1, 30)": S.linear(0.01, 0.1, 30),
+    "exponential(0.1, gamma=0.96)": S.exponential(0.1, 0.96),
+    "polynomial(0.1, 0, power=2, total_steps=80)": S.polynomial(0.1, 0.0, 2.0, 80),
+    "cosine_annealing(0.1, eta_min=0.01, T_max=40)": S.cosine_annealing(0.1, 0.01, 40),
+    "cosine_decay(0.1, 100, alpha=0.1)": S.cosine_decay(0.1, STEPS, alpha=0.1),
+    "CosineAnnealingWarmRestarts(T_0=10, T_mult=2)": (
+        "scheduler",
+        lambda o: lrs.CosineAnnealingWarmRestarts(o, T_0=10, T_mult=2),
     ),
-    "ChainedScheduler(ConstantLR, ExponentialLR)": lambda o: lrs.ChainedScheduler(
-        [lrs.ConstantLR(o, 0.5, total_iters=20), lrs.ExponentialLR(o, gamma=0.98)]
+    "one_cycle(max_lr=0.1, total_steps=100)": S.one_cycle(0.1, STEPS),
+    "CyclicLR(0.01, 0.1, step_size_up=10, 'triangular2')": (
+        "scheduler",
+        lambda o: lrs.CyclicLR(o, 0.01, 0.1, step_size_up=10, mode="triangular2"),
     ),
-    "ReduceLROnPlateau(patience=5, factor=0.5)": lambda o: lrs.ReduceLROnPlateau(
-        o, patience=5, factor=0.5
+    "join([linear warmup, cosine_annealing], [10])": S.join(
+        [S.linear(0.001, 0.1, 10), S.cosine_annealing(0.1, 0.0, 90)], [10]
     ),
-    "get_linear_schedule_with_warmup(10, 100)": lambda o: lrs.get_linear_schedule_with_warmup(
-        o, 10, STEPS
+    "ChainedScheduler(ConstantLR, ExponentialLR)": (
+        "scheduler",
+        lambda o: lrs.ChainedScheduler(
+            [lrs.ConstantLR(o, 0.5, total_iters=20), lrs.ExponentialLR(o, gamma=0.98)]
+        ),
     ),
-    "get_cosine_schedule_with_warmup(10, 100)": lambda o: lrs.get_cosine_schedule_with_warmup(
-        o, 10, STEPS
+    "ReduceLROnPlateau(patience=5, factor=0.5)": (
+        "scheduler",
+        lambda o: lrs.ReduceLROnPlateau(o, patience=5, factor=0.5),
     ),
+    "warmup_then_decay(0.1, 10, 90, decay='linear')": S.warmup_then_decay(
+        0.1, 10, 90, decay="linear"
+    ),
+    "warmup_then_decay(0.1, 10, 90)  (cosine)": S.warmup_then_decay(0.1, 10, 90),
+    "warmup_stable_decay(0.1, 10, 60, 30)": S.warmup_stable_decay(0.1, 10, 60, 30),
 }
 
 
@@ -67,7 +82,10 @@ def plateau_loss(t: int) -> float:
     return max(math.exp(-t / 10), 0.2)
 
 
-def lr_curve(make) -> list[float]:
+def lr_curve(schedule) -> list[float]:
+    if callable(schedule):
+        return [schedule(t) for t in range(STEPS)]
+    _, make = schedule
     opt = na.SGD([na.Parameter(np.zeros(1))], lr=0.1, momentum=0.9)
     sched = make(opt)
     curve = [opt.param_groups[0]["lr"]]
@@ -85,8 +103,8 @@ def main() -> None:
     cols = 3
     rows = math.ceil(len(SCHEDULES) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(12, 2.2 * rows), sharex=True)
-    for ax, (name, make) in zip(axes.flat, SCHEDULES.items(), strict=False):
-        ax.plot(range(STEPS), lr_curve(make), lw=1.5)
+    for ax, (name, schedule) in zip(axes.flat, SCHEDULES.items(), strict=False):
+        ax.plot(range(STEPS), lr_curve(schedule), lw=1.5)
         ax.set_title(name, fontsize=8)
         ax.set_ylim(bottom=0)
         ax.tick_params(labelsize=7)

@@ -38,6 +38,8 @@ def flag_names(cls: type) -> list[str]:
     """The flags ``cls._flags`` gives, asked after one step with default hyperparameters."""
     p = _Param(np.zeros(4), np.full(4, 0.5))
     opt = cls([p])
+    if hasattr(opt, "train"):  # schedule-free optimizers step in train mode only
+        opt.train()
     opt.step()
     record = opt.state[p]
     scalars = {k: record[k] for k in cls._scalar_state}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..optim._wrapper import Wrapper
 from ._arrays import param_list
 from ._buckets import DEFAULT_CAP_MB
 from ._collectives import GradReducer, broadcast_parameters, global_loss
@@ -13,7 +14,7 @@ from ._comm import resolve
 __all__ = ["DistributedOptimizer"]
 
 
-class DistributedOptimizer:
+class DistributedOptimizer(Wrapper):
     """Wrap an optimizer so that every rank takes the same step on the averaged gradient.
 
     Each rank computes gradients on its part of the batch; ``step()``
@@ -76,34 +77,8 @@ class DistributedOptimizer:
         return param_list(self.optimizer)
 
     # ------------------------------------------------------------ pass-through
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.lr
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        self.optimizer.lr = value
-
-    @property
-    def state(self) -> Any:
-        return self.optimizer.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.optimizer.defaults
-
-    @property
-    def step_count(self) -> int:
-        return self.optimizer.step_count
-
-    @property
-    def skipped_steps(self) -> int:
-        return self.optimizer.skipped_steps
+    # (param_groups, state, defaults, nonfinite, lr, step_count, skipped_steps,
+    # add_param_group: the wrapped optimizer's, as every wrapper's)
 
     def state_dict(self) -> dict[str, Any]:
         """The wrapped optimizer's state dict (the same on every rank)."""

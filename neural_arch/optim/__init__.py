@@ -7,7 +7,7 @@ generated from it; the classes keep parameter groups and state around it, as
 rules to raw arrays.
 """
 
-from . import functional, lr_scheduler, rule
+from . import functional, lr_scheduler, rule, schedules, swa_utils
 from .adadelta import Adadelta
 from .adafactor import Adafactor
 from .adagrad import Adagrad
@@ -15,6 +15,7 @@ from .adam import Adam, AdamW
 from .adamax import Adamax
 from .asgd import ASGD
 from .clip import clip_grad_norm_, clip_grad_value_
+from .ema import EMA
 from .lbfgs import LBFGS
 from .lion import Lion
 from .nadam import NAdam
@@ -22,10 +23,13 @@ from .optimizer import Optimizer
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
+from .schedulefree import AdamWScheduleFree, SGDScheduleFree
 from .sgd import SGD
+from .wrappers import Lookahead, MultiOptimizer, MultiSteps
 
 __all__ = [
     "ASGD",
+    "EMA",
     "LBFGS",
     "SGD",
     "Adadelta",
@@ -33,16 +37,23 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "AdamWScheduleFree",
     "Adamax",
     "Lion",
+    "Lookahead",
+    "MultiOptimizer",
+    "MultiSteps",
     "NAdam",
     "Optimizer",
     "RAdam",
     "RMSprop",
     "Rprop",
+    "SGDScheduleFree",
     "clip_grad_norm_",
     "clip_grad_value_",
     "functional",
     "lr_scheduler",
     "rule",
+    "schedules",
+    "swa_utils",
 ]

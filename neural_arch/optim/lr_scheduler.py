@@ -799,7 +799,7 @@ class StepLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def _factor(self, t):
-        return _pow(self.gamma, t // self.step_size)
+        return _schedules.step_decay(1.0, self.step_size, self.gamma)(t)
 
     def _ratio(self, t):
         return self.gamma if t % self.step_size == 0 else 1.0
@@ -824,7 +824,7 @@ class MultiStepLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def _factor(self, t):
-        return _pow(self.gamma, bisect_right(self.milestones, t))
+        return _schedules.multistep(1.0, self.milestones, self.gamma)(t)
 
     def _ratio(self, t):
         return _pow(self.gamma, self.milestones.count(t)) if t in self.milestones else 1.0
@@ -878,8 +878,7 @@ class LinearLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def _factor(self, t):
-        s, e, n = self.start_factor, self.end_factor, self.total_iters
-        return s + (e - s) * min(n, t) / n
+        return _schedules.linear(self.start_factor, self.end_factor, self.total_iters)(t)
 
     def _ratio(self, t):
         if t > self.total_iters:
@@ -900,7 +899,7 @@ class ExponentialLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def _factor(self, t):
-        return _pow(self.gamma, t)
+        return _schedules.exponential(1.0, self.gamma)(t)
 
     def _ratio(self, t):
         return self.gamma
@@ -920,7 +919,7 @@ class PolynomialLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def _factor(self, t):
-        return _pow(1.0 - min(self.total_iters, t) / self.total_iters, self.power)
+        return _schedules.polynomial(1.0, 0.0, self.power, self.total_iters)(t)
 
     def _ratio(self, t):
         if t > self.total_iters:
@@ -954,7 +953,7 @@ class CosineAnnealingLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def _factor(self, t):
-        return (1 + _cos_pi(t, self.T_max)) / 2
+        return _schedules.cosine_annealing(1.0, 0.0, self.T_max)(t)
 
     def get_lr(self):
         self._warn_outside_step()
@@ -1732,6 +1731,9 @@ class ReduceLROnPlateau(LRScheduler):
 
         return load
 
+
+# The schedules' formulas (imported last: schedules imports this module's validators).
+from . import schedules as _schedules  # noqa: E402
 
 # --------------------------------------------------------------------------- warmup helpers
 
