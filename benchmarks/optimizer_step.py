@@ -61,6 +61,7 @@ WORKLOADS: dict[str, list[tuple[int, ...]]] = {
     "1 x 1e7": [(10_000_000,)],
     "1 x 1e6": [(1_000_000,)],
     "200 x 5000": [(5000,)] * 200,
+    "10000 x 100": [(100,)] * 10_000,  # embedding tables, many small layers: per-call cost
     "MLP 784-512-512-10": [(512, 784), (512,), (512, 512), (512,), (10, 512), (10,)],
 }
 # name: (module of neural_arch.optim, class, keyword arguments, the torch.optim class and

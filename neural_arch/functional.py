@@ -18,7 +18,7 @@ after the forward pass.  As in PyTorch, an operation ignores changes to what it
 does not read: ``add``, ``sub``, ``neg``, ``sum``, ``mean``, ``reshape``,
 ``transpose``, ``getitem``, ``concat``, ``stack`` and ``relu`` (its mask is
 taken in the forward pass) read no value; ``where`` reads only its condition;
-``mul`` and ``matmul`` read each operand only for the other's gradient; ``exp``,
+``mul``, ``matmul`` and ``linear`` read each operand only for the other's gradient; ``exp``,
 ``sqrt``, ``tanh``, ``sigmoid``, ``softmax`` and ``log_softmax`` read their
 result, not their input; ``div``, ``pow``, ``log``, ``max`` and
 ``binary_cross_entropy_with_logits`` read their inputs (``div``, ``pow`` and
@@ -48,6 +48,7 @@ __all__ = [
     "div",
     "exp",
     "getitem",
+    "linear",
     "log",
     "log_softmax",
     "matmul",
@@ -275,6 +276,41 @@ def matmul(a: Any, b: Any) -> Tensor:
         return ga, gb
 
     return Tensor._from_op(x @ y, (a, b), vjp, _cross(a, b))
+
+
+def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
+    """``x @ weight.T + bias`` (``torch.nn.functional.linear``) as one operation.
+
+    ``weight`` has shape ``(out, in)``, ``x`` ``(..., in)``.  Its weight
+    gradient is ``g.T @ x``, a C-ordered array of the weight's own layout
+    (the product and transpose written out would give the transpose of a
+    product: an F-ordered gradient, slower for the optimizers and the clamp).
+    """
+    x, w = _tensor(x), _tensor(weight, "weight")
+    b = None if bias is None else _tensor(bias, "bias")
+    xp = _same_backend(x, w, b) if b is not None else _same_backend(x, w)
+    if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"linear needs weight of shape (out, in) and input of shape (..., in), got "
+            f"input {x.shape} and weight {w.shape}"
+        )
+    out = x.data @ xp.matrix_transpose(w.data)
+    if b is not None:
+        out = out + b.data
+    in_shape = x.shape
+
+    def vjp(g: Any) -> tuple[Any, ...]:
+        gx = g @ w.data if x.requires_grad else None
+        flat = xp.reshape(g, (-1, g.shape[-1]))
+        gw = None
+        if w.requires_grad:
+            gw = xp.matrix_transpose(flat) @ xp.reshape(x.data, (-1, in_shape[-1]))
+        if b is None:
+            return gx, gw
+        return gx, gw, (xp.sum(flat, axis=0) if b.requires_grad else None)
+
+    inputs = (x, w) if b is None else (x, w, b)
+    return Tensor._from_op(out, inputs, vjp, _cross(x, w))
 
 
 # --- reductions and shape -----------------------------------------------------------------

@@ -372,3 +372,21 @@ def test_a_copied_optimizer_never_writes_into_the_original(kernels, how):
     for p, b in zip(params, before, strict=True):
         np.testing.assert_array_equal(p.data, b)  # the original's arrays are untouched
     assert not np.array_equal(twin_params[0].data, before[0])
+
+
+def test_first_nonfinite_on_threads_finds_the_first_bad_gradient(kernels, monkeypatch):
+    """Segments of several gradients on numba's threads: the first bad one, wherever it is."""
+    monkeypatch.setattr(_fastpath, "PARALLEL_MIN_SIZE", 16)
+    old = _fastpath.set_num_threads(2)
+    try:
+        grads = [np.ones(n, np.float32) for n in (5, 300, 7, 1000)]
+        assert _fastpath.first_nonfinite([(None, g) for g in grads], {}) == -1
+        for j, g in enumerate(grads):
+            for pos in (0, len(g) // 2, len(g) - 1):
+                g[pos] = np.nan
+                assert _fastpath.first_nonfinite([(None, g) for g in grads], {}) == j
+                g[pos] = 1
+        grads[3][999], grads[1][3] = np.inf, -np.inf
+        assert _fastpath.first_nonfinite([(None, g) for g in grads], {}) == 1
+    finally:
+        _fastpath.set_num_threads(old)

@@ -243,3 +243,26 @@ def test_gradcheck_reused_subexpressions(xp):
         return (h + h.exp()) * (h - b) / (1.0 + h * h)
 
     gradcheck(xp, fn, _r(3, 2), _r(2))
+
+
+@pytest.mark.parametrize("x_shape", [(4,), (3, 4), (2, 3, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(xp, x_shape, bias):
+    rng = np.random.default_rng(7)
+    values = [rng.standard_normal(x_shape), rng.standard_normal((5, 4))]
+    if bias:
+        values.append(rng.standard_normal(5))
+    gradcheck(xp, lambda *t: na.functional.linear(*t), *values)
+
+
+def test_linear_weight_gradient_has_the_weight_layout():
+    """``g.T @ x``: C-ordered, as the weight (the optimizers' kernels read it without a copy)."""
+    layer = na.Linear(4, 3)
+    layer(na.Tensor(np.ones((5, 4), np.float32))).sum().backward()
+    assert layer.weight.grad.flags.c_contiguous
+    assert layer.weight.grad.shape == (3, 4)
+
+
+def test_linear_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"linear needs weight of shape \(out, in\)"):
+        na.functional.linear(na.Tensor(np.ones((2, 3))), na.Tensor(np.ones((4, 5))))

@@ -61,8 +61,7 @@ class Linear(Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: Any) -> Tensor:
-        y = _as_tensor(x) @ self.weight.T
-        return y if self.bias is None else y + self.bias
+        return F.linear(_as_tensor(x), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (

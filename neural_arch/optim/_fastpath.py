@@ -50,7 +50,14 @@ import numpy as np
 from . import _engine
 from .rule import Program
 
-__all__ = ["enabled", "first_nonfinite", "run", "set_enabled", "set_num_threads"]
+__all__ = [
+    "default_threads",
+    "enabled",
+    "first_nonfinite",
+    "run",
+    "set_enabled",
+    "set_num_threads",
+]
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _ndarray = np.ndarray
@@ -71,7 +78,23 @@ _CUPY = (_F32, _F64, _F16)  # parameter dtypes of the CuPy kernels (CuPy has no 
 PARALLEL_MIN_SIZE = 1 << 20
 
 _enabled = os.environ.get("NEURAL_ARCH_FASTPATH", "1") not in ("0", "false", "off", "")
-_num_threads = 1
+
+
+def default_threads() -> int:
+    """The thread count a process gets: ``NEURAL_ARCH_NUM_THREADS``, else ``NUMBA_NUM_THREADS``,
+    else ``OMP_NUM_THREADS`` (the first that is a positive integer), else the CPUs this
+    process may run on (its affinity, as torch counts them)."""
+    for var in ("NEURAL_ARCH_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+_num_threads = default_threads()
 _parallel_lock = threading.Lock()  # numba's default threading layer is not re-entrant
 _loaded: dict[str, Any] = {}  # library support modules once imported, False when unavailable
 _kernels: dict[tuple, Any] = {}  # (program, library) -> compiled kernels, False when broken
@@ -95,9 +118,11 @@ def set_enabled(flag: bool) -> bool:
 def set_num_threads(n: int) -> int:
     """Let the NumPy fast path split a group over ``n`` threads; returns the old value.
 
-    The default is 1.  Results do not depend on ``n`` (the update is
-    elementwise); only groups of at least :data:`PARALLEL_MIN_SIZE` elements
-    are split, and ``n`` is capped by numba's thread count.
+    The default is :func:`default_threads` (every CPU the process may use,
+    unless an environment variable says otherwise).  Results do not depend
+    on ``n`` (the update is elementwise); only groups of at least
+    :data:`PARALLEL_MIN_SIZE` elements are split (the update and the
+    finiteness check), and ``n`` is capped by numba's thread count.
     """
     global _num_threads
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -184,10 +209,28 @@ def first_nonfinite(pairs: list[tuple[Any, Any]], cache: dict | None = None) -> 
         cache["check"] = table
     first = -1
     for index, addresses, sizes, mask in table[1]:  # one call per dtype in the group
-        k = int(kernels.first_nonfinite(addresses, sizes, mask))
+        if _num_threads > 1 and int(sizes.sum()) >= PARALLEL_MIN_SIZE:
+            k = _first_nonfinite_threaded(addresses, sizes, mask)
+        else:
+            k = int(kernels.first_nonfinite(addresses, sizes, mask))
         if k >= 0 and (first < 0 or index[k] < first):
             first = index[k]
     return first
+
+
+def _first_nonfinite_threaded(addresses: Any, sizes: Any, mask: Any) -> int:
+    """:func:`first_nonfinite`'s kernel over segments of the table on numba's threads."""
+    import numba
+
+    row_of, start, lengths = _segments(sizes, _num_threads)
+    found = np.zeros(len(lengths), np.bool_)
+    with _parallel_lock:
+        numba.set_num_threads(min(_num_threads, numba.config.NUMBA_NUM_THREADS))
+        _numba().nonfinite_segments(
+            addresses[row_of] + start * mask.dtype.itemsize, lengths, mask, found
+        )
+    bad = np.flatnonzero(found)
+    return int(row_of[bad[0]]) if len(bad) else -1
 
 
 def _check_table(grads: list, cache: dict) -> tuple | None:
@@ -450,18 +493,23 @@ def _point_at_grads(program: Program, table: _Table, grads: list, infos: dict, d
             del infos[key]
 
 
-def _split(rows: Any, sizes: Any, threads: int, itemsizes: Any) -> tuple[Any, Any]:
-    """The table cut into about ``4 * threads`` segments of equal size, for numba's threads.
-
-    ``itemsizes[j]`` is the element size of column ``j`` (its segments' offsets)."""
+def _segments(sizes: Any, threads: int) -> tuple[Any, Any, Any]:
+    """``(row, start, length)`` of each of about ``4 * threads`` equal segments of the rows."""
     target = max(1, -(-int(sizes.sum()) // (4 * threads)))
     pieces = -(-sizes // target)  # segments per row
     row_of = np.repeat(np.arange(len(sizes)), pieces)
     first = np.cumsum(pieces) - pieces
     k = np.arange(len(row_of)) - first[row_of]  # the segment's position within its row
     start = k * target
-    seg = np.minimum(sizes[row_of] - start, target)
-    return rows[row_of] + start[:, None] * itemsizes[None, :], seg.astype(np.int64)
+    return row_of, start, np.minimum(sizes[row_of] - start, target).astype(np.int64)
+
+
+def _split(rows: Any, sizes: Any, threads: int, itemsizes: Any) -> tuple[Any, Any]:
+    """The table cut into about ``4 * threads`` segments of equal size, for numba's threads.
+
+    ``itemsizes[j]`` is the element size of column ``j`` (its segments' offsets)."""
+    row_of, start, seg = _segments(sizes, threads)
+    return rows[row_of] + start[:, None] * itemsizes[None, :], seg
 
 
 # --------------------------------------------------------------------- CuPy

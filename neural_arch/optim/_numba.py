@@ -41,6 +41,7 @@ __all__ = [
     "NumbaError",
     "first_nonfinite",
     "load_kernels",
+    "nonfinite_segments",
     "to_bfloat16",
     "to_float16",
     "voidptr",
@@ -143,6 +144,19 @@ def first_nonfinite(addresses, sizes, mask):  # pragma: no cover - compiled
         if worst == m:
             return k
     return -1
+
+
+@numba.njit(cache=False, parallel=True, nogil=True, boundscheck=False)
+def nonfinite_segments(addresses, sizes, mask, out):  # pragma: no cover - compiled
+    """``out[k]``: whether segment ``k`` of the table holds NaN or ±inf (numba's threads)."""
+    dt = mask.dtype
+    for k in numba.prange(sizes.size):
+        bits = numba.carray(voidptr(addresses[k]), sizes[k], dt)
+        m = mask[0]
+        worst = m ^ m
+        for i in range(bits.size):
+            worst = max(worst, bits[i] & m)
+        out[k] = worst == m
 
 
 _lock = threading.Lock()
