@@ -19,7 +19,7 @@ from ._precision import state_dtype
 from .lr_scheduler import _show
 from .optimizer import Optimizer, _index
 
-__all__ = ["Wrapper", "check_inner", "check_keys", "load_arrays", "param_list"]
+__all__ = ["Wrapper", "check_inner", "check_keys", "load_arrays", "misfit", "param_list"]
 
 
 def check_inner(optimizer: Any, where: str = "optimizer") -> Optimizer:
@@ -76,6 +76,20 @@ def load_arrays(saved: Any, params: list[Any], where: str) -> dict[int, tuple[An
             raise ValueError(f"{item} holds NaN or infinity")
         out[id(p)] = (p, array)
     return out
+
+
+def misfit(pairs: Any) -> tuple[Any, Any] | None:
+    """The first ``(parameter, array)`` whose array no longer fits its parameter (library,
+    device, shape: ``.data`` was rebound), or None."""
+    for p, a in pairs:
+        x = p.data
+        if (
+            namespace(x) is not namespace(a)
+            or device(x) != device(a)
+            or tuple(x.shape) != tuple(a.shape)
+        ):
+            return p, a
+    return None
 
 
 def check_keys(state_dict: Any, keys: tuple[str, ...], owner: str) -> None:

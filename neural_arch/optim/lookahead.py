@@ -8,7 +8,7 @@ from typing import Any
 from ..backend import device, is_immutable, namespace
 from ._engine import _writable
 from ._precision import state_dtype
-from ._wrapper import Wrapper, check_keys, load_arrays, param_list
+from ._wrapper import Wrapper, check_keys, load_arrays, misfit, param_list
 from .lr_scheduler import _integer, _real
 from .optimizer import _count
 
@@ -98,19 +98,15 @@ class Lookahead(Wrapper):
 
     def _check_slow(self) -> None:
         """Each slow weight still fits its parameter (library, device, shape)."""
-        for p, slow in self._slow.values():
-            x = p.data
-            if (
-                namespace(x) is not namespace(slow)
-                or device(x) != device(slow)
-                or tuple(x.shape) != tuple(slow.shape)
-            ):
-                name = self.optimizer._names.get(id(p), "?")
-                raise ValueError(
-                    f"parameter {name!r} (shape {tuple(x.shape)}, device {device(x)}) no "
-                    f"longer matches its slow weights (shape {tuple(slow.shape)}, device "
-                    f"{device(slow)}); was .data rebound?"
-                )
+        bad = misfit(self._slow.values())
+        if bad is not None:
+            (p, slow), x = bad, bad[0].data
+            name = self.optimizer._names.get(id(p), "?")
+            raise ValueError(
+                f"parameter {name!r} (shape {tuple(x.shape)}, device {device(x)}) no "
+                f"longer matches its slow weights (shape {tuple(slow.shape)}, device "
+                f"{device(slow)}); was .data rebound?"
+            )
 
     def _sync(self, params: list[Any]) -> None:
         """``φ ← φ + α(θ − φ)``, then ``θ ← φ`` (and the master copy, if any)."""

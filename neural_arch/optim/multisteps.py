@@ -7,7 +7,7 @@ from typing import Any
 
 from ..backend import device, float_errors_ignored, is_immutable, namespace
 from ._precision import state_dtype
-from ._wrapper import Wrapper, check_keys, load_arrays, param_list
+from ._wrapper import Wrapper, check_keys, load_arrays, misfit, param_list
 from .lbfgs import LBFGS
 from .lr_scheduler import _integer
 from .optimizer import _count
@@ -119,19 +119,15 @@ class MultiSteps(Wrapper):
 
     def _check_buffers(self) -> None:
         """Each buffer still fits its parameter (library, device, shape)."""
-        for p, buf in self._acc.values():
-            x = p.data
-            if (
-                namespace(x) is not namespace(buf)
-                or device(x) != device(buf)
-                or tuple(x.shape) != tuple(buf.shape)
-            ):
-                name = self.optimizer._names.get(id(p), "?")
-                raise ValueError(
-                    f"parameter {name!r} has changed (shape {tuple(x.shape)}, device "
-                    f"{device(x)}) since its gradients were accumulated (shape "
-                    f"{tuple(buf.shape)}, device {device(buf)}); call reset() to discard them"
-                )
+        bad = misfit(self._acc.values())
+        if bad is not None:
+            (p, buf), x = bad, bad[0].data
+            name = self.optimizer._names.get(id(p), "?")
+            raise ValueError(
+                f"parameter {name!r} has changed (shape {tuple(x.shape)}, device "
+                f"{device(x)}) since its gradients were accumulated (shape "
+                f"{tuple(buf.shape)}, device {device(buf)}); call reset() to discard them"
+            )
 
     def _accumulate(self, grads: dict[int, Any]) -> None:
         for p in param_list(self.optimizer):
