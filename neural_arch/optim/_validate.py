@@ -42,7 +42,7 @@ _is = operator.is_
 _real_float: dict[tuple[int, Any], bool] = {}
 
 
-def _is_real_float(xp: Any, dtype: Any) -> bool:
+def is_real_float(xp: Any, dtype: Any) -> bool:
     key = (id(xp), dtype)
     ok = _real_float.get(key)
     if ok is None:
@@ -191,7 +191,7 @@ def _check_pair(
             "not an array of an Array API library"
         )
     xp = namespace(x)
-    if not _is_real_float(xp, x.dtype):
+    if not is_real_float(xp, x.dtype):
         raise TypeError(
             f"{where(opt, gi, i, p)} has dtype {x.dtype}; optimizers update parameters of a "
             "real floating dtype (float32, float64, ...)"
@@ -237,7 +237,7 @@ def check_gradient(opt: Any, gi: int, i: int, p: Any, x: Any, g: Any) -> Any:
             f"parameter is on {device(x)}"
         )
     if g.dtype != x.dtype:
-        if not _is_real_float(xp, g.dtype):
+        if not is_real_float(xp, g.dtype):
             raise TypeError(
                 f"the gradient of {where(opt, gi, i, p)} has dtype {g.dtype}; a gradient is "
                 f"real floating (the parameter's dtype, {x.dtype})"
@@ -290,7 +290,7 @@ def _check_record(
                 f"the parameter is on {device(x)}"
             )
         if value.dtype != state_dtype(xp, x.dtype):
-            if not _is_real_float(xp, value.dtype):
+            if not is_real_float(xp, value.dtype):
                 raise TypeError(
                     f"state {key!r} of {where(opt, gi, i, p)} has dtype {value.dtype}, not a "
                     "real floating dtype"

@@ -542,12 +542,14 @@ class LBFGS(Optimizer):
         for p in params:
             data = p.data
             name = self._names[id(p)]
-            if not namespace(data).isdtype(data.dtype, "real floating"):
+            # the checks every optimizer's step makes (a bfloat16 dtype NumPy's isdtype
+            # cannot name; a read-only buffer a library does not report)
+            if not _validate.is_real_float(namespace(data), data.dtype):
                 raise TypeError(
                     f"LBFGS supports real floating-point parameters only; parameter "
                     f"{name!r} has dtype {data.dtype}"
                 )
-            if not is_immutable(data) and not array_api_compat.is_writeable_array(data):
+            if not is_immutable(data) and not _validate.writable(data):
                 raise ValueError(
                     f"the optimizer updates arrays in place, but parameter {name!r} is read-only"
                 )
